@@ -1,0 +1,90 @@
+"""Face detection with MTCNN (``mtcnn`` 1.0), built once per process.
+
+Large photos are downscaled before detection (longest side at most :data:`DETECT_MAX_SIDE`) and boxes are
+mapped back to original pixels. ``min_face_size`` above 20 px is implemented by downscaling too: that is
+faster, and it avoids an ``mtcnn`` 1.0.0 bug where its image pyramid shrinks below PNet's 12 px input and
+the whole call silently returns no face.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+import cv2
+import numpy as np
+
+#: Longest side of the image given to MTCNN; larger photos are downscaled for detection only.
+DETECT_MAX_SIDE = 1280
+
+#: MTCNN's own smallest face at its default pyramid, in pixels of the image it sees.
+_MTCNN_MIN_FACE = 20
+
+LANDMARK_NAMES = ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right")
+
+_lock = threading.Lock()
+
+
+@dataclass(frozen=True)
+class Detection:
+    """One detected face, in original-image pixels. ``box`` is (x, y, width, height)."""
+
+    box: tuple[float, float, float, float]
+    confidence: float
+    landmarks: dict[str, tuple[float, float]] = field(default_factory=dict)
+
+    @property
+    def area(self) -> float:
+        return self.box[2] * self.box[3]
+
+    def landmark_array(self) -> np.ndarray:
+        """The five landmarks as a (5, 2) float array in :data:`LANDMARK_NAMES` order."""
+        return np.array([self.landmarks[n] for n in LANDMARK_NAMES], dtype=np.float64)
+
+
+@lru_cache(maxsize=1)
+def get_detector():
+    """The process-wide MTCNN instance (weights ship inside the ``mtcnn`` package)."""
+    from mtcnn import MTCNN
+
+    return MTCNN(device="CPU:0")
+
+
+def detect_faces(rgb: np.ndarray, *, min_face_size: int = 20, threshold: float = 0.9,
+                 max_side: int = DETECT_MAX_SIDE) -> list[Detection]:
+    """Detect every face in an RGB uint8 image; largest first.
+
+    Args:
+        rgb: H x W x 3 RGB uint8 image (see :func:`core.image.load_image`).
+        min_face_size: smallest face side to report, in original pixels.
+        threshold: minimum MTCNN confidence (its last stage, ONet) for a face to be reported.
+        max_side: the image is downscaled so its longest side is at most this before detection.
+    """
+    h, w = rgb.shape[:2]
+    scale = min(1.0, max_side / max(h, w))
+    if min_face_size * scale > _MTCNN_MIN_FACE:
+        scale = _MTCNN_MIN_FACE / min_face_size
+    mtcnn_min = max(12.0, min(float(_MTCNN_MIN_FACE), min_face_size * scale))
+    if min(h, w) * scale < 12:
+        return []
+    small = rgb
+    if scale < 1.0:
+        size = (max(1, round(w * scale)), max(1, round(h * scale)))
+        small = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
+    sx, sy = w / small.shape[1], h / small.shape[0]
+    detector = get_detector()
+    with _lock:
+        raw = detector.detect_faces(np.ascontiguousarray(small), min_face_size=mtcnn_min,
+                                    threshold_onet=min(threshold, 0.99))
+    faces = []
+    for r in raw:
+        confidence = float(r["confidence"])
+        x, y, bw, bh = (float(v) for v in r["box"])
+        box = (x * sx, y * sy, bw * sx, bh * sy)
+        if confidence < threshold or max(box[2], box[3]) < min_face_size:
+            continue
+        marks = {n: (float(r["keypoints"][n][0]) * sx, float(r["keypoints"][n][1]) * sy) for n in LANDMARK_NAMES}
+        faces.append(Detection(box=box, confidence=confidence, landmarks=marks))
+    faces.sort(key=lambda d: d.area, reverse=True)
+    return faces

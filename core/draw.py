@@ -1,0 +1,36 @@
+"""Draw numbered, labelled face boxes on a copy of an image."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import cv2
+import numpy as np
+
+from core.results import FaceResult
+
+FEMALE_COLOR = (220, 60, 140)
+MALE_COLOR = (40, 120, 230)
+
+
+def face_label(index: int, face: FaceResult) -> str:
+    return f"{index}: {face.age:.0f} {'F' if face.gender == 'female' else 'M'} {face.gender_probability:.0%}"
+
+
+def annotate(rgb: np.ndarray, faces: Sequence[FaceResult]) -> np.ndarray:
+    """A copy of ``rgb`` with each face boxed, numbered from 1 and labelled "n: age F/M p%"."""
+    out = rgb.copy()
+    h, w = out.shape[:2]
+    thickness = max(1, round(max(h, w) / 400))
+    font_scale = max(0.4, max(h, w) / 1400)
+    for i, face in enumerate(faces, 1):
+        x, y, bw, bh = (round(v) for v in face.box)
+        color = FEMALE_COLOR if face.gender == "female" else MALE_COLOR
+        cv2.rectangle(out, (x, y), (x + bw, y + bh), color, thickness, cv2.LINE_AA)
+        text = face_label(i, face)
+        (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, font_scale, thickness)
+        ty = y - 4 if y - th - base - 4 >= 0 else min(h - 1, y + bh + th + 4)
+        cv2.rectangle(out, (x, ty - th - base), (x + tw + 4, ty + base // 2), color, -1)
+        cv2.putText(out, text, (x + 2, ty - base // 2), cv2.FONT_HERSHEY_SIMPLEX, font_scale, (255, 255, 255),
+                    thickness, cv2.LINE_AA)
+    return out

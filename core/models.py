@@ -1,0 +1,154 @@
+"""Load the shipped age and gender models (``models/*.h5`` + JSON metadata) and run them batched.
+
+Each ``<task>_model.h5`` has a sidecar ``<task>_model.json`` with its input size, preprocessing, the age
+range table (age model) and provenance. Both models see every face of an image in one call of one
+``tf.function`` (with a horizontally flipped copy when the metadata asks for test-time flip).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from core.errors import ModelNotFound
+from core.vggface import preprocess_input
+
+#: Folder with the shipped models; override with the AGEGENDER_MODELS_DIR environment variable.
+DEFAULT_MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
+MODEL_FILES = {"age": "age_model.h5", "gender": "gender_model.h5"}
+
+
+def models_dir(path: str | Path | None = None) -> Path:
+    return Path(path or os.environ.get("AGEGENDER_MODELS_DIR") or DEFAULT_MODELS_DIR)
+
+
+def metadata_path(model_path: Path) -> Path:
+    return model_path.with_suffix(".json")
+
+
+def read_metadata(model_path: Path) -> dict[str, Any]:
+    meta = metadata_path(model_path)
+    if not meta.is_file():
+        raise ModelNotFound(f"{meta} is missing: every model needs its metadata file next to it. "
+                            "Re-export the model with `python -m train`.")
+    return json.loads(meta.read_text())
+
+
+def load_keras_model(path: Path):
+    """Load one ``.h5`` model for inference (``compile=False``)."""
+    import keras
+
+    if not path.is_file():
+        raise ModelNotFound(
+            f"model file {path} not found. Train it with `python -m train {path.stem.split('_')[0]} "
+            "--data-dir PATH/TO/UTKFace` (see README), or put a trained .h5 and its .json there, or point "
+            "AGEGENDER_MODELS_DIR at a folder that has them."
+        )
+    return keras.models.load_model(path, compile=False)
+
+
+def age_interval(age: float, table: dict[str, Any] | None) -> tuple[float, float]:
+    """The calibrated age range around a predicted age, from the metadata's residual-quantile table.
+
+    The table holds quantiles of (true - predicted) per band of predicted age, measured on the validation
+    split; the range is widened if needed so that it contains the estimate, and clipped to 0-120.
+    """
+    if not table or not table.get("bands"):
+        return (max(0.0, age), age)
+    band = table["bands"][-1]
+    for b in table["bands"]:
+        if b["low"] <= age < b["high"]:
+            band = b
+            break
+    low = min(age, age + band["q_low"])  # the range always contains the estimate itself
+    high = max(age, age + band["q_high"])
+    return (float(np.clip(low, 0.0, 120.0)), float(np.clip(high, 0.0, 120.0)))
+
+
+@dataclass
+class Predictions:
+    ages: np.ndarray  # years, float
+    female_probabilities: np.ndarray  # 0..1
+
+
+class AgeGenderModels:
+    """Both models, loaded once; :meth:`predict` runs every crop of an image in one batched call."""
+
+    def __init__(self, directory: str | Path | None = None):
+        import tensorflow as tf
+
+        self.directory = models_dir(directory)
+        paths = {task: self.directory / name for task, name in MODEL_FILES.items()}
+        self.age_model = load_keras_model(paths["age"])
+        self.gender_model = load_keras_model(paths["gender"])
+        self.metadata = {task: read_metadata(p) for task, p in paths.items()}
+        self.input_sizes = {task: int(m["input_size"]) for task, m in self.metadata.items()}
+        self.flip = {task: bool(m.get("tta_flip", True)) for task, m in self.metadata.items()}
+        self._lock = threading.Lock()
+
+        def run(model, x, flip: bool):
+            x = preprocess_input(x)
+            n = tf.shape(x)[0]
+            if flip:
+                x = tf.concat([x, x[:, :, ::-1, :]], axis=0)
+            y = tf.reshape(tf.cast(model(x, training=False), tf.float32), [-1])
+            return (y[:n] + y[n:]) / 2.0 if flip else y
+
+        @tf.function(reduce_retracing=True)
+        def both(age_x, gender_x):
+            return (run(self.age_model, age_x, self.flip["age"]),
+                    run(self.gender_model, gender_x, self.flip["gender"]))
+
+        self._both = both
+
+    def predict(self, crops: dict[int, np.ndarray]) -> Predictions:
+        """``crops`` maps input size -> (N, size, size, 3) uint8 faces (same faces, same order)."""
+        age_x = crops[self.input_sizes["age"]]
+        gender_x = crops[self.input_sizes["gender"]]
+        if len(age_x) == 0:
+            return Predictions(np.zeros(0, np.float32), np.zeros(0, np.float32))
+        with self._lock:
+            ages, probs = self._both(age_x, gender_x)
+        return Predictions(np.asarray(ages, np.float64), np.clip(np.asarray(probs, np.float64), 0.0, 1.0))
+
+    def age_range(self, age: float) -> tuple[float, float]:
+        return age_interval(age, self.metadata["age"].get("age_intervals"))
+
+
+@lru_cache(maxsize=4)
+def _cached(directory: str) -> AgeGenderModels:
+    return AgeGenderModels(directory)
+
+
+def load_models(directory: str | Path | None = None) -> AgeGenderModels:
+    """The process-wide models for ``directory`` (default ``models/``), loaded on first use."""
+    return _cached(str(models_dir(directory).resolve()))
+
+
+def predict_crops(model, crops: np.ndarray, *, flip: bool = True, batch_size: int = 128) -> np.ndarray:
+    """Outputs of one Keras model on uint8 crops, in batches, averaged with the flipped copy if ``flip``.
+
+    Used by training (calibration) and evaluation; the app path is :meth:`AgeGenderModels.predict`.
+    """
+    import tensorflow as tf
+
+    @tf.function(reduce_retracing=True)
+    def run(x):
+        x = preprocess_input(x)
+        y = tf.cast(model(x, training=False), tf.float32)
+        if flip:
+            y = (y + tf.cast(model(x[:, :, ::-1, :], training=False), tf.float32)) / 2.0
+        return y
+
+    out = [np.asarray(run(crops[i:i + batch_size])) for i in range(0, len(crops), batch_size)]
+    if not out:
+        return np.zeros((0,), np.float32)
+    y = np.concatenate(out, axis=0)
+    return y.reshape(len(crops), -1).squeeze(-1) if y.ndim == 2 and y.shape[-1] == 1 else y

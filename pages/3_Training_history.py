@@ -1,0 +1,44 @@
+"""Training-history dashboard: curves per run, run comparison, and test-split evaluation charts."""
+
+import streamlit as st
+
+from core.modelcard import load_model_info
+from ui import charts
+
+st.set_page_config(page_title="Training history", page_icon="📈", layout="wide")
+st.title("Training history")
+info = load_model_info()
+
+if not info.histories:
+    st.info("No training history found: train a model with `python -m train` (see the README).")
+    st.stop()
+
+histories = {name: charts.read_history(path) for name, path in info.histories.items()}
+chosen = st.selectbox("Run", list(histories), index=0)
+df = histories[chosen]
+best = charts.best_epoch(df)
+st.caption(f"{len(df)} epochs; best validation loss at epoch {best}."
+           + (f" Training speed: {df['images_per_s'].median():.1f} images/s (median)."
+              if "images_per_s" in df.columns else ""))
+left, right = st.columns(2)
+left.plotly_chart(charts.loss_figure(df, f"Loss: {chosen}"), key="loss")
+right.plotly_chart(charts.metric_figure(df, f"Metric: {chosen}"), key="metric")
+
+if len(histories) > 1:
+    st.subheader("Compare runs")
+    picked = st.multiselect("Runs", list(histories), default=list(histories)[:3])
+    if picked:
+        st.plotly_chart(charts.compare_figure({n: histories[n] for n in picked}), key="compare")
+
+st.header("Evaluation on the test split")
+if not info.metrics:
+    st.info("No evaluation yet: run `python -m train.evaluate` (see the README).")
+    st.stop()
+a, b = st.columns(2)
+a.plotly_chart(charts.bucket_mae_figure(info.metrics), key="buckets")
+b.plotly_chart(charts.race_accuracy_figure(info.metrics), key="races")
+mode = "detect" if "detect" in info.metrics else next(iter(info.metrics))
+st.plotly_chart(charts.predicted_vs_true_figure(info.metrics[mode]), key="scatter")
+with st.expander("Raw numbers"):
+    for m_name, m in info.metrics.items():
+        st.write(f"**{m_name}**", {k: v for k, v in m.items() if k != "predictions"})

@@ -1,0 +1,85 @@
+"""Shared fixtures. Real faces come from ``skimage.data.astronaut()``; everything else is built in code.
+
+Until trained models are needed, the ``tiny_models`` fixture trains real (but tiny: 32 px, one epoch)
+age and gender models on generated UTKFace-style chips through the same ``python -m train`` code, and
+exports them into a temporary folder through the same save/load path the shipped models use.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from core.crop import crop_face
+from core.detect import detect_faces
+
+#: Where the astronaut's face is (x, y, w, h), measured once with MTCNN and checked by eye.
+ASTRONAUT_FACE = (182, 64, 83, 107)
+
+
+@pytest.fixture(scope="session")
+def astronaut() -> np.ndarray:
+    from skimage import data
+
+    return np.ascontiguousarray(data.astronaut())
+
+
+@pytest.fixture(scope="session")
+def astronaut_jpeg(astronaut) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(astronaut).save(buf, format="JPEG", quality=92)
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="session")
+def astronaut_chip(astronaut) -> np.ndarray:
+    """The astronaut's face cropped into the 200 x 200 UTKFace chip frame."""
+    face = detect_faces(astronaut)[0]
+    return crop_face(astronaut, face.landmark_array(), 200)
+
+
+def make_utk_folder(folder: Path, chip: np.ndarray, n: int = 40, seed: int = 0) -> list[str]:
+    """Write ``n`` UTKFace-style chips (perturbed copies of ``chip``) with well-formed names."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    names = []
+    for i in range(n):
+        age = int([25, 45][i % 2] + rng.integers(0, 10))
+        gender = (i // 2) % 2
+        race = i % 5
+        img = chip.astype(np.float32) * rng.uniform(0.6, 1.2) + rng.normal(0, 8, chip.shape)
+        if gender:
+            img = img[:, ::-1]
+        name = f"{age}_{gender}_{race}_2017011{i:010d}.jpg.chip.jpg"
+        Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(folder / name, quality=90)
+        names.append(name)
+    return names
+
+
+@pytest.fixture(scope="session")
+def utk_dir(tmp_path_factory, astronaut_chip) -> Path:
+    folder = tmp_path_factory.mktemp("utkface")
+    make_utk_folder(folder, astronaut_chip)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory, utk_dir) -> Path:
+    """A models folder with age and gender models trained for one epoch at 32 px on generated chips."""
+    from train.trainer import main as train_main
+
+    root = tmp_path_factory.mktemp("tiny")
+    out = root / "models"
+    for task in ("age", "gender"):
+        code = train_main([task, "--data-dir", str(utk_dir), "--schedule", "32:1", "--batch-size", "8",
+                           "--run-dir", str(root / f"run_{task}"), "--out-dir", str(out),
+                           "--split-dir", str(root / "splits"), "--precision", "float32", "--no-cache"])
+        assert code == 0
+    return out

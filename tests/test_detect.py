@@ -1,0 +1,58 @@
+"""Detection on real faces (the astronaut) and composed images."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+from conftest import ASTRONAUT_FACE
+
+from core.detect import detect_faces, get_detector
+
+
+def iou(a, b) -> float:
+    ax, ay, aw, ah = a
+    bx, by, bw, bh = b
+    ix = max(0.0, min(ax + aw, bx + bw) - max(ax, bx))
+    iy = max(0.0, min(ay + ah, by + bh) - max(ay, by))
+    inter = ix * iy
+    return inter / (aw * ah + bw * bh - inter)
+
+
+def test_astronaut_has_one_face_on_the_face(astronaut):
+    faces = detect_faces(astronaut)
+    assert len(faces) == 1
+    assert iou(faces[0].box, ASTRONAUT_FACE) > 0.7
+    assert faces[0].confidence > 0.95
+    assert set(faces[0].landmarks) == {"left_eye", "right_eye", "nose", "mouth_left", "mouth_right"}
+
+
+def test_three_faces_largest_first(astronaut):
+    face = astronaut[40:200, 160:290]
+    canvas = np.full((400, 900, 3), 200, np.uint8)
+    for i, scale in enumerate((1.0, 1.3, 0.8)):
+        f = cv2.resize(face, None, fx=scale, fy=scale)
+        x = 30 + i * 290
+        canvas[20:20 + f.shape[0], x:x + f.shape[1]] = f
+    faces = detect_faces(canvas)
+    assert len(faces) == 3
+    areas = [f.area for f in faces]
+    assert areas == sorted(areas, reverse=True)
+
+
+def test_blank_and_tiny_images_have_no_face():
+    assert detect_faces(np.zeros((300, 300, 3), np.uint8)) == []
+    assert detect_faces(np.full((300, 300, 3), 255, np.uint8)) == []
+    assert detect_faces(np.zeros((1, 1, 3), np.uint8)) == []
+
+
+def test_min_face_size_and_large_images(astronaut):
+    assert detect_faces(astronaut, min_face_size=150) == []
+    big = cv2.resize(astronaut, None, fx=4, fy=4, interpolation=cv2.INTER_CUBIC)  # 2048 px: downscaled
+    faces = detect_faces(big, min_face_size=80)
+    assert len(faces) == 1
+    box = tuple(v / 4 for v in faces[0].box)
+    assert iou(box, ASTRONAUT_FACE) > 0.7
+
+
+def test_detector_built_once():
+    assert get_detector() is get_detector()

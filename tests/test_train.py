@@ -1,0 +1,109 @@
+"""Training pipeline: names, duplicates, split, evaluation arithmetic, resume."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+
+import numpy as np
+import pytest
+from conftest import make_utk_folder
+
+from train.data import age_bucket, duplicate_groups, load_or_make_split, make_split, parse_name, scan
+from train.evaluate import compute_metrics
+from train.trainer import calibrate_age_intervals, parse_schedule
+from train.trainer import main as train_main
+
+
+def test_parse_names():
+    s = parse_name("26_1_2_20170116174525125.jpg.chip.jpg")
+    assert (s.age, s.gender, s.race) == (26, 1, 2)
+    for bad in ["24_0_1_20170116220224657 .jpg.chip.jpg", "39_1_20170116174525125.jpg.chip.jpg",
+                "55_0_0_20170116232725357jpg.chip.jpg", "0_0_0_2017.jpg.chip.jpg", "x_1_1_1.jpg.chip.jpg",
+                "30_2_0_20170116174525125.jpg.chip.jpg"]:
+        assert parse_name(bad) is None, bad
+
+
+def test_malformed_names_are_skipped_and_counted(tmp_path, astronaut_chip):
+    names = make_utk_folder(tmp_path, astronaut_chip, n=6)
+    shutil.copy(tmp_path / names[0], tmp_path / "39_1_20170116174525125.jpg.chip.jpg")
+    shutil.copy(tmp_path / names[0], tmp_path / "24_0_1_2017 .jpg.chip.jpg")
+    samples, malformed = scan(tmp_path)
+    assert len(samples) == 6 and len(malformed) == 2
+
+
+def test_split_keeps_duplicates_together(tmp_path, astronaut_chip):
+    names = make_utk_folder(tmp_path, astronaut_chip, n=60, seed=3)
+    copies = {}
+    for i, name in enumerate(names[:15]):  # 15 byte-identical copies under other names
+        copy = f"{30 + i}_{i % 2}_0_2018{i:010d}.jpg.chip.jpg"
+        shutil.copy(tmp_path / name, tmp_path / copy)
+        copies[name] = copy
+    samples, _ = scan(tmp_path)
+    groups = duplicate_groups(tmp_path, [s.name for s in samples])
+    assert sum(len(g) == 2 for g in groups) == 15
+    split = make_split(samples, groups, seed=1)
+    side = {n: k for k, v in split.items() for n in v}
+    assert len(side) == len(samples)
+    for a, b in copies.items():
+        assert side[a] == side[b]
+    assert all(split[k] for k in ("train", "val", "test"))
+    # seeded and saved: the same split comes back
+    first = load_or_make_split(tmp_path, tmp_path / "splits", log=lambda *_: None)
+    again = load_or_make_split(tmp_path, tmp_path / "splits", log=lambda *_: None)
+    assert first == again
+
+
+def test_metrics_equal_a_hand_computation():
+    m = compute_metrics(true_age=[10, 30, 50, 70], pred_age=[12, 27, 50, 60],
+                        true_female=[0, 1, 1, 0], p_female=[0.2, 0.4, 0.9, 0.6],
+                        race=[0, 0, 1, 2], low=[8, 25, 45, 55], high=[15, 29, 55, 65])
+    assert m["age_mae"] == pytest.approx((2 + 3 + 0 + 10) / 4)
+    assert m["age_rmse"] == pytest.approx(np.sqrt((4 + 9 + 0 + 100) / 4), abs=1e-3)
+    assert m["gender_accuracy"] == pytest.approx(0.5)  # right: 10 (male), 50 (female)
+    assert m["gender_accuracy_adults"] == pytest.approx(1 / 3, abs=1e-4)
+    assert m["age_range_coverage"] == pytest.approx(0.5)  # 10 in [8,15], 50 in [45,55]
+    assert m["per_age_bucket"]["0-12"] == {"n": 1, "age_mae": 2.0, "gender_accuracy": 1.0}
+    assert m["per_age_bucket"]["60+"] == {"n": 1, "age_mae": 10.0, "gender_accuracy": 0.0}
+    assert m["per_race"]["White"] == {"n": 2, "age_mae": 2.5, "gender_accuracy": 0.5}
+    assert age_bucket(19) == "13-19" and age_bucket(60) == "60+"
+
+
+def test_age_interval_calibration_covers_the_target_share():
+    rng = np.random.default_rng(0)
+    pred = rng.uniform(1, 90, 5000)
+    true = pred + rng.normal(0, 5, 5000)
+    table = calibrate_age_intervals(pred, true)
+    assert 0.78 < table["coverage_validation"] < 0.82
+    assert all(-8 < b["q_low"] < -5 and 5 < b["q_high"] < 8 for b in table["bands"])
+
+
+def test_schedule_parsing():
+    assert parse_schedule("64:6,96:4") == [(64, 6), (96, 4)]
+    with pytest.raises(ValueError):
+        parse_schedule("8:1")
+
+
+def test_resume_continues_from_the_saved_epoch(tmp_path, utk_dir):
+    common = ["gender", "--data-dir", str(utk_dir), "--schedule", "32:2", "--batch-size", "8",
+              "--run-dir", str(tmp_path / "run"), "--out-dir", str(tmp_path / "models"),
+              "--split-dir", str(tmp_path / "splits"), "--precision", "float32", "--no-cache"]
+    assert train_main([*common, "--max-epochs", "1"]) == 0
+    assert json.loads((tmp_path / "run" / "state.json").read_text()) == {"epochs_done": 1}
+    assert not (tmp_path / "models" / "gender_model.h5").exists()
+    assert train_main([*common, "--resume"]) == 0
+    rows = list(csv.DictReader((tmp_path / "run" / "history.csv").open()))
+    assert [int(r["epoch"]) for r in rows] == [0, 1]
+    assert json.loads((tmp_path / "run" / "state.json").read_text()) == {"epochs_done": 2}
+    assert (tmp_path / "models" / "gender_model.h5").is_file()
+    assert (tmp_path / "models" / "history_gender.csv").is_file()
+
+
+def test_exported_h5_reloads_with_its_loss(tiny_models):
+    import keras
+
+    model = keras.models.load_model(tiny_models / "age_model.h5")  # compiled: the loss name must reload
+    x = np.zeros((2, 32, 32, 3), np.float32)
+    assert model.predict(x, verbose=0).shape == (2, 1)
+    assert keras.models.load_model(tiny_models / "gender_model.h5", compile=False).output_shape == (None, 1)

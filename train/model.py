@@ -1,0 +1,69 @@
+"""Age, gender and multitask models on the VGGFace VGG16 backbone from :mod:`core.vggface`."""
+
+from __future__ import annotations
+
+import keras
+from keras import layers
+
+from core.vggface import build_vggface_vgg16
+
+#: Age targets are standardised inside the model: the head predicts z, the model outputs years.
+AGE_MEAN = 33.0
+AGE_STD = 20.0
+
+TASKS = ("multitask", "age", "gender")
+
+
+def build_model(task: str, *, input_size: int | None = None, batch_norm: bool = True,
+                dropout: float = 0.3, weight_decay: float = 5e-4) -> keras.Model:
+    """VGGFace VGG16 base + global average pooling + the task's head(s).
+
+    - ``age``: linear output in years (``Dense(1)`` then a fixed rescaling), trained with MSE.
+    - ``gender``: sigmoid probability of *female*, trained with binary cross-entropy.
+    - ``multitask``: both plus a 5-way race softmax; used to train the shared backbone from scratch.
+
+    Output layers are float32 even under a ``mixed_bfloat16`` policy.
+    """
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; expected one of {TASKS}")
+    shape = (input_size, input_size, 3)
+    base = build_vggface_vgg16(shape, batch_norm=batch_norm)
+    reg = keras.regularizers.L2(weight_decay) if weight_decay else None
+    x = layers.GlobalAveragePooling2D(name="gap")(base.output)
+    x = layers.Dropout(dropout, name="head_dropout")(x)
+    outputs = {}
+    if task in ("age", "multitask"):
+        z = layers.Dense(1, name="age_dense", dtype="float32", kernel_regularizer=reg)(x)
+        outputs["age"] = layers.Rescaling(AGE_STD, offset=AGE_MEAN, name="age", dtype="float32")(z)
+    if task in ("gender", "multitask"):
+        outputs["gender"] = layers.Dense(1, activation="sigmoid", name="gender", dtype="float32",
+                                         kernel_regularizer=reg)(x)
+    if task == "multitask":
+        outputs["race"] = layers.Dense(5, activation="softmax", name="race", dtype="float32",
+                                       kernel_regularizer=reg)(x)
+    if task != "multitask":
+        outputs = outputs[task]
+    return keras.Model(base.input, outputs, name=f"vggface_{task}")
+
+
+def losses_and_metrics(task: str) -> tuple[dict, dict, dict]:
+    """Keras ``compile`` arguments per output. Loss names reload from Keras 3 ``.h5`` files."""
+    losses = {"age": "mean_squared_error", "gender": "binary_crossentropy",
+              "race": "sparse_categorical_crossentropy"}
+    metrics = {"age": ["mae"], "gender": ["accuracy", keras.metrics.AUC(name="auc")], "race": ["accuracy"]}
+    weights = {"age": 1.0 / AGE_STD**2, "gender": 1.0, "race": 0.5}
+    names = ("age", "gender", "race") if task == "multitask" else (task,)
+    return ({n: losses[n] for n in names}, {n: metrics[n] for n in names},
+            {n: weights[n] for n in names})
+
+
+def freeze_blocks(model: keras.Model, n_blocks: int) -> list[str]:
+    """Freeze VGG blocks 1..n (their conv and batch-norm layers); return the frozen layer names."""
+    frozen = []
+    for layer in model.layers:
+        name = layer.name
+        for block in range(1, n_blocks + 1):
+            if name.startswith((f"conv{block}_", f"bn{block}_")):
+                layer.trainable = False
+                frozen.append(name)
+    return frozen

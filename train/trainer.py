@@ -1,0 +1,402 @@
+"""The training run: config -> data -> model -> ``fit`` with callbacks -> exported ``.h5`` + metadata.
+
+A run lives in ``--run-dir`` (default ``runs/<task>``):
+
+- ``config.json``     the full run configuration (also copied next to the exported model);
+- ``checkpoint.keras`` the whole model with optimizer state, written after every epoch;
+- ``state.json``      the last finished epoch, for ``--resume``;
+- ``history.csv``     one row per epoch (CSVLogger, appended across resumes);
+- ``best.weights.h5`` the best weights at the final input size (lowest ``val_loss``);
+- ``model.keras``     the final model (multitask: the backbone that age/gender runs start from).
+
+For ``age`` and ``gender`` the model is exported to ``--out-dir`` (default ``models/``) as
+``<task>_model.h5`` in float32 with ``<task>_model.json`` metadata, ``history_<task>.csv`` and
+``<task>_run.json``. Training uses ``mixed_bfloat16`` where the hardware supports it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from core.models import DEFAULT_MODELS_DIR, MODEL_FILES, predict_crops
+from train.data import DEFAULT_SPLIT_DIR, labels, load_chips, load_or_make_split, make_dataset
+from train.model import TASKS
+
+ROOT = Path(__file__).resolve().parent.parent
+
+#: Bands of predicted age for the calibrated age range, and its coverage (central 80 %).
+AGE_BANDS = ((0, 10), (10, 20), (20, 30), (30, 45), (45, 60), (60, 200))
+INTERVAL_QUANTILES = (0.10, 0.90)
+
+
+def parse_schedule(text: str) -> list[tuple[int, int]]:
+    """``"64:6,96:4"`` -> [(64, 6), (96, 4)]: input size and epochs per phase (progressive resizing)."""
+    phases = []
+    for part in text.split(","):
+        size, _, epochs = part.partition(":")
+        phases.append((int(size), int(epochs)))
+    if not phases or any(s < 32 or e < 1 for s, e in phases):
+        raise ValueError(f"bad schedule {text!r}: expected SIZE:EPOCHS[,SIZE:EPOCHS...], size >= 32")
+    return phases
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m train", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("task", choices=TASKS)
+    p.add_argument("--data-dir", type=Path, required=True, help="folder of UTKFace chips")
+    p.add_argument("--schedule", default="64:6,96:4",
+                   help="progressive resizing, SIZE:EPOCHS,...; the last size is the model's input size")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (AdamW, warm-up then cosine)")
+    p.add_argument("--warmup-epochs", type=float, default=1.0)
+    p.add_argument("--weight-decay", type=float, default=1e-4, help="AdamW decoupled weight decay")
+    p.add_argument("--init", default="scratch",
+                   help="scratch | vggface (rcmalli no-top weights from --vggface-weights) | PATH of a "
+                        "model.keras from an earlier run (e.g. the multitask backbone) or an rcmalli .h5")
+    p.add_argument("--vggface-weights", default=os.environ.get("VGGFACE_WEIGHTS"),
+                   help="rcmalli_vggface_tf_notop_vgg16.h5 (or set VGGFACE_WEIGHTS)")
+    p.add_argument("--freeze-blocks", type=int, default=0, help="freeze VGG blocks 1..N")
+    p.add_argument("--patience", type=int, default=4, help="early stopping patience (epochs, final size)")
+    p.add_argument("--run-dir", type=Path, help="default runs/<task>")
+    p.add_argument("--out-dir", type=Path, default=DEFAULT_MODELS_DIR, help="where age/gender models go")
+    p.add_argument("--split-dir", type=Path, default=DEFAULT_SPLIT_DIR)
+    p.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its last epoch")
+    p.add_argument("--limit", type=int, help="use only N training and N//4 validation samples (smoke runs)")
+    p.add_argument("--precision", choices=("auto", "bfloat16", "float32"), default="auto")
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--max-epochs", type=int,
+                   help="stop after this many epochs in this invocation (continue later with --resume)")
+    p.add_argument("--no-cache", action="store_true", help="do not cache decoded chips in .cache/")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        train(args)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _set_precision(choice: str) -> str:
+    import keras
+
+    from core.hardware import bf16_policy_available
+
+    policy = "float32"
+    if choice == "bfloat16" or (choice == "auto" and bf16_policy_available()):
+        policy = "mixed_bfloat16"
+    keras.mixed_precision.set_global_policy(policy)
+    return policy
+
+
+def _git_commit() -> str | None:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                              text=True, timeout=5).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _initialise(model, init: str, vggface_weights: str | None, log) -> str:
+    """Apply --init to a freshly built model; return a description for the provenance record."""
+    import keras
+
+    from core.vggface import load_vggface_weights
+
+    if init == "scratch":
+        return "from scratch (He-normal convolutions, batch norm)"
+    if init == "vggface":
+        if not vggface_weights:
+            raise FileNotFoundError("--init vggface needs --vggface-weights PATH or VGGFACE_WEIGHTS "
+                                    "(rcmalli_vggface_tf_notop_vgg16.h5 from keras-vggface v2.0)")
+        init = vggface_weights
+    path = Path(init)
+    if not path.is_file():
+        raise FileNotFoundError(f"--init {init}: no such file")
+    if path.suffix == ".keras":
+        src = keras.models.load_model(path, compile=False)
+        names = copy_backbone_weights(src, model)
+        log(f"initialised {len(names)} backbone layers from {path}")
+        return f"backbone from {path.name} ({len(names)} layers)"
+    names = load_vggface_weights(model, path)
+    log(f"loaded VGGFace weights into {len(names)} layers from {path}")
+    return f"VGGFace weights from {path.name} ({len(names)} layers)"
+
+
+def copy_backbone_weights(src, dst) -> list[str]:
+    """Copy conv/bn weights by layer name from one model to another (e.g. multitask -> age)."""
+    src_layers = {layer.name: layer for layer in src.layers}
+    copied = []
+    for layer in dst.layers:
+        if layer.name.startswith(("conv", "bn")) and layer.name in src_layers:
+            layer.set_weights(src_layers[layer.name].get_weights())
+            copied.append(layer.name)
+    if not copied:
+        raise ValueError("no backbone layer matched by name")
+    return copied
+
+
+class EpochInfo:
+    """Keras callback factory: adds images/s, input size and learning rate to each epoch's logs."""
+
+    @staticmethod
+    def make(n_train: int, size: int):
+        import keras
+
+        class _Cb(keras.callbacks.Callback):
+            def on_epoch_begin(self, epoch, logs=None):
+                self.t0 = time.perf_counter()
+                self.t_val = None
+
+            def on_test_begin(self, logs=None):
+                if self.t_val is None:
+                    self.t_val = time.perf_counter()
+
+            def on_epoch_end(self, epoch, logs=None):
+                if logs is None:
+                    return
+                end = self.t_val or time.perf_counter()
+                logs["images_per_s"] = n_train / max(end - self.t0, 1e-9)
+                logs["epoch_seconds"] = time.perf_counter() - self.t0
+                logs["input_size"] = size
+                logs["lr"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+
+        return _Cb()
+
+
+def _state_saver(run_dir: Path):
+    import keras
+
+    class _Cb(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            # Written after ModelCheckpoint (callback order), so the state never points past the checkpoint.
+            (run_dir / "state.json").write_text(json.dumps({"epochs_done": epoch + 1}))
+
+    return _Cb()
+
+
+def train(args: argparse.Namespace) -> dict:
+    import keras
+
+    from train.model import build_model, freeze_blocks, losses_and_metrics
+
+    run_dir = args.run_dir or ROOT / "runs" / args.task
+    run_dir.mkdir(parents=True, exist_ok=True)
+    log = print
+    state_file, ckpt = run_dir / "state.json", run_dir / "checkpoint.keras"
+    resuming = args.resume and state_file.is_file() and ckpt.is_file()
+    if args.resume and not resuming:
+        log(f"--resume: nothing to resume in {run_dir}, starting a new run")
+    if resuming:
+        saved = json.loads((run_dir / "config.json").read_text())
+        for key in ("schedule", "batch_size", "lr", "warmup_epochs", "weight_decay", "freeze_blocks",
+                    "seed", "limit", "precision", "init"):
+            setattr(args, key, saved[key])
+    keras.utils.set_random_seed(args.seed)
+    policy = _set_precision(args.precision)
+    phases = parse_schedule(args.schedule)
+    total_epochs = sum(e for _, e in phases)
+
+    split = load_or_make_split(args.data_dir, args.split_dir, seed=42, log=log)
+    train_s, val_s = split["train"], split["val"]
+    if args.limit:
+        train_s, val_s = train_s[: args.limit], val_s[: max(4, args.limit // 4)]
+    if not train_s or not val_s:
+        raise ValueError(f"no training or validation samples found in {args.data_dir}")
+    steps_per_epoch = math.ceil(len(train_s) / args.batch_size)
+
+    config = {
+        "task": args.task, "data_dir": str(args.data_dir), "schedule": args.schedule,
+        "batch_size": args.batch_size, "lr": args.lr, "warmup_epochs": args.warmup_epochs,
+        "weight_decay": args.weight_decay, "init": args.init, "freeze_blocks": args.freeze_blocks,
+        "patience": args.patience, "seed": args.seed, "limit": args.limit, "precision": args.precision,
+        "policy": policy, "n_train": len(train_s), "n_val": len(val_s), "n_test": len(split["test"]),
+        "split_dir": str(args.split_dir),
+    }
+
+    if resuming:
+        epochs_done = json.loads(state_file.read_text())["epochs_done"]
+        model = keras.models.load_model(ckpt)
+        init_note = json.loads((run_dir / "config.json").read_text()).get("init_note", args.init)
+        log(f"resuming {run_dir} after epoch {epochs_done}/{total_epochs}")
+    else:
+        epochs_done = 0
+        model = build_model(args.task)
+        init_note = _initialise(model, args.init, args.vggface_weights, log)
+        frozen = freeze_blocks(model, args.freeze_blocks)
+        if frozen:
+            log(f"frozen: {len(frozen)} layers of blocks 1..{args.freeze_blocks}")
+        warmup = int(args.warmup_epochs * steps_per_epoch)
+        schedule = keras.optimizers.schedules.CosineDecay(
+            initial_learning_rate=args.lr * 0.01, decay_steps=max(1, total_epochs * steps_per_epoch - warmup),
+            alpha=0.01, warmup_target=args.lr, warmup_steps=warmup)
+        optimizer = keras.optimizers.AdamW(learning_rate=schedule, weight_decay=args.weight_decay)
+        losses, metrics, weights = losses_and_metrics(args.task)
+        if args.task != "multitask":
+            losses, metrics, weights = losses[args.task], metrics[args.task], None
+        model.compile(optimizer=optimizer, loss=losses, metrics=metrics, loss_weights=weights)
+        for f in ("history.csv", "best.weights.h5", "best.json"):
+            (run_dir / f).unlink(missing_ok=True)
+    config["init_note"] = init_note
+    (run_dir / "config.json").write_text(json.dumps(config, indent=2))
+
+    verbose = 1 if sys.stdout.isatty() else 2
+    started = time.perf_counter()
+    stop_at = epochs_done + args.max_epochs if args.max_epochs else total_epochs
+    epoch_end = 0
+    stopped_early = False
+    for index, (size, epochs) in enumerate(phases):
+        epoch_start, epoch_end = epoch_end, epoch_end + epochs
+        if epochs_done >= epoch_end or stopped_early or epochs_done >= stop_at:
+            continue
+        final = index == len(phases) - 1
+        log(f"phase {index + 1}/{len(phases)}: {size}px, epochs {max(epoch_start, epochs_done) + 1}-{epoch_end}")
+        x_train = load_chips(args.data_dir, train_s, size, cache=not args.no_cache)
+        x_val = load_chips(args.data_dir, val_s, size, cache=not args.no_cache)
+        train_ds = make_dataset(x_train, labels(train_s, args.task), batch_size=args.batch_size,
+                                training=True, seed=args.seed)
+        val_ds = make_dataset(x_val, labels(val_s, args.task), batch_size=args.batch_size, training=False)
+        callbacks = [
+            EpochInfo.make(len(train_s), size),
+            keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=True),
+            keras.callbacks.ModelCheckpoint(str(ckpt), save_weights_only=False),
+            _state_saver(run_dir),
+        ]
+        if final:
+            callbacks += [
+                _BestWeights.make(run_dir),
+                keras.callbacks.EarlyStopping(monitor="val_loss", patience=args.patience, verbose=1),
+            ]
+        first = max(epoch_start, epochs_done)
+        last = min(epoch_end, stop_at)
+        hist = model.fit(train_ds, validation_data=val_ds, epochs=last, initial_epoch=first,
+                         callbacks=callbacks, verbose=verbose)
+        epochs_done = first + len(hist.epoch)
+        stopped_early = epochs_done < last
+    config["train_seconds_this_session"] = round(time.perf_counter() - started, 1)
+    if epochs_done < total_epochs and not stopped_early:
+        log(f"stopped after epoch {epochs_done}/{total_epochs} (--max-epochs); continue with --resume")
+        config["epochs_done"] = epochs_done
+        return config
+
+    best = run_dir / "best.weights.h5"
+    if best.is_file():
+        model.load_weights(str(best))
+        log(f"restored best weights: {json.loads((run_dir / 'best.json').read_text())}")
+    model.save(run_dir / "model.keras")
+    if args.task == "multitask":
+        log(f"backbone saved to {run_dir / 'model.keras'}")
+        return config
+    return export(model, args.task, phases[-1][0], config, run_dir, args.out_dir, args.data_dir, val_s, log,
+                  cache=not args.no_cache)
+
+
+class _BestWeights:
+    @staticmethod
+    def make(run_dir: Path):
+        import keras
+
+        class _Cb(keras.callbacks.Callback):
+            def on_train_begin(self, logs=None):
+                best = run_dir / "best.json"
+                self.best = json.loads(best.read_text())["val_loss"] if best.is_file() else math.inf
+
+            def on_epoch_end(self, epoch, logs=None):
+                value = (logs or {}).get("val_loss", math.inf)
+                if value < self.best:
+                    self.best = value
+                    self.model.save_weights(str(run_dir / "best.weights.h5"))
+                    (run_dir / "best.json").write_text(json.dumps({"epoch": epoch + 1, "val_loss": value}))
+
+        return _Cb()
+
+
+def calibrate_age_intervals(pred: np.ndarray, true: np.ndarray) -> dict:
+    """Residual quantiles (true - predicted) per band of predicted age: the table behind ``age_range``."""
+    bands = []
+    residual = true - pred
+    for lo, hi in AGE_BANDS:
+        mask = (pred >= lo) & (pred < hi)
+        r = residual[mask] if mask.sum() >= 20 else residual
+        q_lo, q_hi = np.quantile(r, INTERVAL_QUANTILES)
+        bands.append({"low": lo, "high": hi, "q_low": round(float(q_lo), 2), "q_high": round(float(q_hi), 2),
+                      "n": int(mask.sum())})
+    lows = np.array([next(b for b in bands if b["low"] <= p < b["high"] or b is bands[-1])["q_low"] for p in pred])
+    highs = np.array([next(b for b in bands if b["low"] <= p < b["high"] or b is bands[-1])["q_high"] for p in pred])
+    inside = float(np.mean((true >= pred + lows) & (true <= pred + highs)))
+    return {"coverage_target": INTERVAL_QUANTILES[1] - INTERVAL_QUANTILES[0], "coverage_validation": round(inside, 4),
+            "bands": bands}
+
+
+def export(model, task: str, size: int, config: dict, run_dir: Path, out_dir: Path, data_dir: Path,
+           val_samples, log, *, cache: bool = True) -> dict:
+    """Save a float32 copy of ``model`` as ``<task>_model.h5`` plus metadata, history and run config."""
+    import shutil
+
+    import keras
+
+    from train.model import build_model
+
+    keras.mixed_precision.set_global_policy("float32")
+    clean = build_model(task)
+    clean.set_weights(model.get_weights())
+    losses, _, _ = _compile_args(task)
+    clean.compile(optimizer="adam", loss=losses)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model_path = out_dir / MODEL_FILES[task]
+    clean.save(model_path)
+
+    x_val = load_chips(data_dir, val_samples, size, cache=cache)
+    pred = predict_crops(clean, x_val, flip=True)
+    y = labels(val_samples, task)
+    metadata: dict = {
+        "task": task,
+        "input_size": size,
+        "preprocessing": "vggface_v1: RGB->BGR, minus mean (B, G, R) = (93.5940, 104.7624, 129.1863)",
+        "crop": "core.crop.crop_face: similarity transform onto the UTKFace chip landmark template",
+        "tta_flip": True,
+        "output": "age in years" if task == "age" else "probability that the face is female (UTKFace label 1)",
+        "validation": {},
+        "provenance": {
+            "dataset": "UTKFace aligned & cropped (non-commercial research licence)",
+            "initialisation": config.get("init_note"),
+            "run": {k: config[k] for k in ("schedule", "batch_size", "lr", "freeze_blocks", "policy",
+                                           "n_train", "n_val", "n_test")},
+            "exported": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "git_commit": _git_commit(),
+            "hardware": f"{platform.machine()} {os.cpu_count()} CPU cores",
+        },
+    }
+    if task == "age":
+        metadata["validation"] = {"mae": round(float(np.mean(np.abs(pred - y))), 3), "n": len(y)}
+        metadata["age_intervals"] = calibrate_age_intervals(pred, y)
+    else:
+        metadata["validation"] = {"accuracy": round(float(np.mean((pred >= 0.5) == (y >= 0.5))), 4), "n": len(y)}
+    model_path.with_suffix(".json").write_text(json.dumps(metadata, indent=2))
+    if (run_dir / "history.csv").is_file():
+        shutil.copyfile(run_dir / "history.csv", out_dir / f"history_{task}.csv")
+    (out_dir / f"{task}_run.json").write_text(json.dumps(config, indent=2))
+    log(f"exported {model_path}: validation {metadata['validation']}")
+    return metadata
+
+
+def _compile_args(task: str):
+    from train.model import losses_and_metrics
+
+    losses, metrics, weights = losses_and_metrics(task)
+    return losses[task], metrics[task], weights

@@ -1,0 +1,115 @@
+"""Plotly figures for the training-history dashboard (pure functions: data in, figure out)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import plotly.graph_objects as go
+
+#: (training column, validation column, title) for the metric chart of each kind of history.
+METRIC_COLUMNS = {
+    "age": ("mae", "val_mae", "Age MAE (years)"),
+    "gender": ("accuracy", "val_accuracy", "Gender accuracy"),
+    "multitask": ("age_mae", "val_age_mae", "Age MAE (years)"),
+}
+
+
+def read_history(path: str | Path) -> pd.DataFrame:
+    df = pd.read_csv(path)
+    df["epoch"] = df["epoch"].astype(int) + 1  # 1-based for people
+    return df
+
+
+def history_kind(df: pd.DataFrame) -> str:
+    if "val_age_mae" in df.columns:
+        return "multitask"
+    return "age" if "val_mae" in df.columns else "gender"
+
+
+def best_epoch(df: pd.DataFrame) -> int | None:
+    if "val_loss" not in df.columns or df["val_loss"].isna().all():
+        return None
+    return int(df.loc[df["val_loss"].idxmin(), "epoch"])
+
+
+def _mark_best(fig: go.Figure, df: pd.DataFrame) -> None:
+    best = best_epoch(df)
+    if best is not None:
+        fig.add_vline(x=best, line_dash="dot", line_color="green",
+                      annotation_text=f"best epoch {best}", annotation_position="top left")
+
+
+def loss_figure(df: pd.DataFrame, title: str) -> go.Figure:
+    fig = go.Figure()
+    for col, name in (("loss", "training loss"), ("val_loss", "validation loss")):
+        if col in df.columns:
+            fig.add_trace(go.Scatter(x=df["epoch"], y=df[col], mode="lines+markers", name=name))
+    _mark_best(fig, df)
+    fig.update_layout(title=title, xaxis_title="epoch", yaxis_title="loss", hovermode="x unified",
+                      margin={"t": 50, "b": 40})
+    return fig
+
+
+def metric_figure(df: pd.DataFrame, title: str) -> go.Figure:
+    train_col, val_col, label = METRIC_COLUMNS[history_kind(df)]
+    fig = go.Figure()
+    for col, name in ((train_col, "training"), (val_col, "validation")):
+        if col in df.columns:
+            fig.add_trace(go.Scatter(x=df["epoch"], y=df[col], mode="lines+markers", name=name))
+    if history_kind(df) == "multitask" and "val_gender_accuracy" in df.columns:
+        fig.add_trace(go.Scatter(x=df["epoch"], y=df["val_gender_accuracy"], name="validation gender accuracy",
+                                 mode="lines+markers", yaxis="y2"))
+        fig.update_layout(yaxis2={"title": "gender accuracy", "overlaying": "y", "side": "right"})
+    _mark_best(fig, df)
+    fig.update_layout(title=title, xaxis_title="epoch", yaxis_title=label, hovermode="x unified",
+                      margin={"t": 50, "b": 40})
+    return fig
+
+
+def compare_figure(histories: dict[str, pd.DataFrame]) -> go.Figure:
+    """Validation loss of several runs on one chart."""
+    fig = go.Figure()
+    for name, df in histories.items():
+        if "val_loss" in df.columns:
+            fig.add_trace(go.Scatter(x=df["epoch"], y=df["val_loss"], mode="lines+markers", name=name))
+    fig.update_layout(title="Validation loss by run", xaxis_title="epoch", yaxis_title="val_loss",
+                      yaxis_type="log", margin={"t": 50, "b": 40})
+    return fig
+
+
+def bucket_mae_figure(metrics: dict[str, dict]) -> go.Figure:
+    """Age MAE per age bucket, one bar group per evaluation mode (chip / detect)."""
+    fig = go.Figure()
+    for mode, m in metrics.items():
+        buckets = m["per_age_bucket"]
+        fig.add_trace(go.Bar(x=list(buckets), y=[b["age_mae"] for b in buckets.values()], name=mode,
+                             text=[f"n={b['n']}" for b in buckets.values()]))
+    fig.update_layout(title="Age MAE per age bucket (test split)", xaxis_title="true age",
+                      yaxis_title="MAE (years)", barmode="group", margin={"t": 50, "b": 40})
+    return fig
+
+
+def race_accuracy_figure(metrics: dict[str, dict]) -> go.Figure:
+    fig = go.Figure()
+    for mode, m in metrics.items():
+        races = m["per_race"]
+        fig.add_trace(go.Bar(x=list(races), y=[r["gender_accuracy"] for r in races.values()], name=mode,
+                             text=[f"n={r['n']}" for r in races.values()]))
+    fig.update_layout(title="Gender accuracy per race (UTKFace labels, test split)", yaxis_title="accuracy",
+                      yaxis_range=[0.5, 1.0], barmode="group", margin={"t": 50, "b": 40})
+    return fig
+
+
+def predicted_vs_true_figure(metrics: dict) -> go.Figure:
+    preds = pd.DataFrame(metrics.get("predictions", []))
+    fig = go.Figure()
+    if not preds.empty:
+        fig.add_trace(go.Scattergl(x=preds["age"], y=preds["pred_age"], mode="markers", name="faces",
+                                   marker={"size": 4, "opacity": 0.4}, text=preds["file"]))
+        top = float(max(preds["age"].max(), preds["pred_age"].max()))
+        fig.add_trace(go.Scatter(x=[0, top], y=[0, top], mode="lines", name="perfect",
+                                 line={"dash": "dash", "color": "gray"}))
+    fig.update_layout(title=f"Predicted vs true age ({metrics.get('mode', '')} mode, test split)",
+                      xaxis_title="true age", yaxis_title="predicted age", margin={"t": 50, "b": 40})
+    return fig
