@@ -1,30 +1,70 @@
-"""Command line: ``python -m core PHOTO_OR_FOLDER... [--json]``.
+"""Command line: ``python -m core PHOTO|FOLDER|ZIP... [--json | --output FILE.csv|FILE.jsonl]``.
 
-Prints a table of faces per photo (or JSON with ``--json``). A file that cannot be read gets one line on
-stderr and the run goes on; the exit status is 1 if any input failed, 2 if the models are missing.
+Without ``--output`` it prints a table of faces per photo (or JSON with ``--json``). With ``--output`` it
+writes one row per face (CSV or JSON Lines, by the file's extension or ``--format``) with a progress bar on
+stderr; photos without a face get a ``no_face`` row and unreadable files an ``error`` row, and the run goes
+on. Several images go through the models per call (``--batch-size``).
+
+Exit status: 0, or 1 if any input could not be read, or 2 if the models are missing.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import sys
+import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+CSV_FIELDS = ["file", "status", "face", "x", "y", "w", "h", "confidence", "age", "age_low", "age_high",
+              "gender", "female_probability", "error"]
 
 
-def expand(paths: list[str]) -> list[Path]:
-    """Files as given; folders become their image files, sorted."""
-    out: list[Path] = []
-    for raw in paths:
+def iter_sources(inputs: list[str], max_member_bytes: int) -> Iterator[tuple[str, bytes | Path | Exception]]:
+    """(name, bytes-or-path) for every file given, every image in a folder, every image in a zip.
+
+    A zip member too large to read safely is yielded as an ``InvalidImage`` instead of its bytes."""
+    from core.errors import InvalidImage
+
+    for raw in inputs:
         p = Path(raw)
         if p.is_dir():
-            out.extend(sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file()))
+            for f in sorted(p.rglob("*")):
+                if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES:
+                    yield str(f), f
+        elif p.suffix.lower() == ".zip" and zipfile.is_zipfile(p):
+            with zipfile.ZipFile(p) as z:
+                for info in sorted(z.infolist(), key=lambda i: i.filename):
+                    if info.is_dir() or Path(info.filename).suffix.lower() not in IMAGE_SUFFIXES:
+                        continue
+                    name = f"{p}/{info.filename}"
+                    if info.file_size > max_member_bytes:  # never inflate an oversized member
+                        yield name, InvalidImage(f"{name} is {info.file_size / 2**20:.0f} MiB uncompressed; "
+                                                 f"the limit is {max_member_bytes // 2**20} MiB.")
+                    else:
+                        yield name, z.read(info)
         else:
-            out.append(p)
-    return out
+            yield str(p), p
+
+
+def face_rows(name: str, result) -> list[dict]:
+    from core import AgeGenderError
+
+    if isinstance(result, AgeGenderError):
+        return [{"file": name, "status": "error", "error": str(result)}]
+    if not result:
+        return [{"file": name, "status": "no_face"}]
+    rows = []
+    for i, f in enumerate(result, 1):
+        d = f.as_dict()
+        rows.append({"file": name, "status": "ok", "face": i, **d["box"], "confidence": d["confidence"],
+                     "age": d["age"], "age_low": d["age_range"][0], "age_high": d["age_range"][1],
+                     "gender": d["gender"], "female_probability": d["female_probability"]})
+    return rows
 
 
 def format_table(name: str, faces) -> str:
@@ -43,8 +83,11 @@ def format_table(name: str, faces) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m core", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("inputs", nargs="+", help="photos or folders of photos")
+    parser.add_argument("inputs", nargs="+", help="photos, folders of photos, or zip files of photos")
     parser.add_argument("--json", action="store_true", help="print JSON: [{file, faces: [...]}, ...]")
+    parser.add_argument("--output", "-o", type=Path, help="write one row per face to this CSV / JSONL file")
+    parser.add_argument("--format", choices=("csv", "jsonl"), help="default: from --output's extension")
+    parser.add_argument("--batch-size", type=int, default=8, help="images per model call")
     parser.add_argument("--min-face-size", type=int, default=20, help="smallest face side in pixels")
     parser.add_argument("--threshold", type=float, default=0.9, help="detection confidence threshold")
     parser.add_argument("--no-align", action="store_true", help="do not rotate faces to level the eyes")
@@ -53,29 +96,51 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-    from core import AgeGenderError, InvalidImage, ModelNotFound, analyze
+    from core import AgeGenderError, ModelNotFound
+    from core.image import MAX_BYTES
     from core.models import load_models
+    from core.pipeline import analyze_many
 
     try:
         models = load_models(args.models_dir)
     except ModelNotFound as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    sources = list(iter_sources(args.inputs, MAX_BYTES))
+    results = analyze_many(sources, batch_size=max(1, args.batch_size), detect=not args.no_detect,
+                           min_face_size=args.min_face_size, threshold=args.threshold,
+                           align=not args.no_align, models=models)
     failed = 0
+    if args.output:
+        from tqdm import tqdm
+
+        fmt = args.format or ("jsonl" if args.output.suffix.lower() in (".jsonl", ".ndjson") else "csv")
+        n_faces = 0
+        with args.output.open("w", newline="", encoding="utf-8") as out:
+            writer = csv.DictWriter(out, fieldnames=CSV_FIELDS) if fmt == "csv" else None
+            if writer:
+                writer.writeheader()
+            for name, result in tqdm(results, total=len(sources), unit="img", file=sys.stderr):
+                failed += isinstance(result, AgeGenderError)
+                for row in face_rows(name, result):
+                    n_faces += row["status"] == "ok"
+                    if writer:
+                        writer.writerow(row)
+                    else:
+                        out.write(json.dumps(row) + "\n")
+        print(f"{len(sources)} images, {n_faces} faces, {failed} unreadable -> {args.output}", file=sys.stderr)
+        return 1 if failed else 0
+
     report = []
-    for path in expand(args.inputs):
-        try:
-            faces = analyze(path, detect=not args.no_detect, min_face_size=args.min_face_size,
-                            threshold=args.threshold, align=not args.no_align, models=models)
-        except (InvalidImage, AgeGenderError) as exc:
-            print(f"error: {path}: {exc}", file=sys.stderr)
+    for name, result in results:
+        if isinstance(result, AgeGenderError):
+            print(f"error: {name}: {result}", file=sys.stderr)
             failed += 1
-            report.append({"file": str(path), "error": str(exc)})
-            continue
-        if args.json:
-            report.append({"file": str(path), "faces": [f.as_dict() for f in faces]})
+            report.append({"file": name, "error": str(result)})
+        elif args.json:
+            report.append({"file": name, "faces": [f.as_dict() for f in result]})
         else:
-            print(format_table(str(path), faces))
+            print(format_table(name, result))
     if args.json:
         print(json.dumps(report, indent=2))
     return 1 if failed else 0

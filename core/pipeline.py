@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
 
 from core.crop import crop_face
 from core.detect import Detection, detect_faces
-from core.errors import FaceNotDetected
+from core.errors import AgeGenderError, FaceNotDetected
 from core.image import ImageInput, load_image
 from core.models import AgeGenderModels, load_models
 from core.results import FaceResult
@@ -46,35 +47,78 @@ def analyze(
     """
     rgb = load_image(image)
     models = models or load_models(models_dir)
+    faces = find_faces(rgb, detect=detect, min_face_size=min_face_size, threshold=threshold)
+    if not faces and enforce_detection:
+        raise FaceNotDetected(
+            f"no face found (minimum face size {min_face_size}px, threshold {threshold}). Use a photo "
+            "where the face is visible and at least that large, lower the threshold or min_face_size, "
+            "or pass detect=False for an already cropped face."
+        )
+    return predict_faces([(rgb, faces)], models, align=align)[0]
+
+
+def find_faces(rgb: np.ndarray, *, detect: bool = True, min_face_size: int = DEFAULT_MIN_FACE_SIZE,
+               threshold: float = DEFAULT_THRESHOLD) -> list[Detection]:
+    """MTCNN detections, or the whole image as one face when ``detect`` is False."""
     if detect:
-        faces = detect_faces(rgb, min_face_size=min_face_size, threshold=threshold)
-    else:
-        h, w = rgb.shape[:2]
-        faces = [Detection(box=(0.0, 0.0, float(w), float(h)), confidence=1.0)]
-    if not faces:
-        if enforce_detection:
-            raise FaceNotDetected(
-                f"no face found (minimum face size {min_face_size}px, threshold {threshold}). Use a photo "
-                "where the face is visible and at least that large, lower the threshold or min_face_size, "
-                "or pass detect=False for an already cropped face."
-            )
-        return []
-    return predict_faces(rgb, faces, models, align=align)
+        return detect_faces(rgb, min_face_size=min_face_size, threshold=threshold)
+    h, w = rgb.shape[:2]
+    return [Detection(box=(0.0, 0.0, float(w), float(h)), confidence=1.0)]
 
 
-def predict_faces(rgb: np.ndarray, faces: list[Detection], models: AgeGenderModels, *,
-                  align: bool = True) -> list[FaceResult]:
-    """Crop every detection once per model input size and run both models on the batch."""
+def predict_faces(items: list[tuple[np.ndarray, list[Detection]]], models: AgeGenderModels, *,
+                  align: bool = True) -> list[list[FaceResult]]:
+    """Crop every face of every image once per model input size; ONE batched call of both models."""
+    flat = [(rgb, f) for rgb, faces in items for f in faces]
+    if not flat:
+        return [[] for _ in items]
     crops = {
         size: np.stack([crop_face(rgb, f.landmark_array() if f.landmarks else None, size, align=align)
-                        for f in faces])
+                        for rgb, f in flat])
         for size in set(models.input_sizes.values())
     }
     pred = models.predict(crops)
-    results = []
-    for face, age, p_female in zip(faces, pred.ages, pred.female_probabilities):
-        age = float(max(0.0, age))
-        results.append(FaceResult(box=face.box, confidence=face.confidence, age=age,
-                                  age_range=models.age_range(age), female_probability=float(p_female),
+    results: list[list[FaceResult]] = []
+    k = 0
+    for _, faces in items:
+        out = []
+        for face in faces:
+            age = float(max(0.0, pred.ages[k]))
+            out.append(FaceResult(box=face.box, confidence=face.confidence, age=age,
+                                  age_range=models.age_range(age),
+                                  female_probability=float(pred.female_probabilities[k]),
                                   landmarks=dict(face.landmarks)))
+            k += 1
+        results.append(out)
     return results
+
+
+def analyze_many(sources: Iterable[tuple[str, ImageInput | AgeGenderError]], *, batch_size: int = 8,
+                 detect: bool = True,
+                 min_face_size: int = DEFAULT_MIN_FACE_SIZE, threshold: float = DEFAULT_THRESHOLD,
+                 align: bool = True, models: AgeGenderModels | None = None,
+                 models_dir: str | Path | None = None) -> Iterator[tuple[str, list[FaceResult] | AgeGenderError]]:
+    """Analyse many images, ``batch_size`` images per model call. Yields ``(name, faces)`` in input order,
+    or ``(name, error)`` for an image that could not be read: one bad file never stops the run."""
+    models = models or load_models(models_dir)
+    pending: list[tuple[str, np.ndarray | None, list[Detection] | AgeGenderError]] = []
+
+    def flush():
+        ok = [(rgb, faces) for _, rgb, faces in pending if rgb is not None]
+        predicted = iter(predict_faces(ok, models, align=align)) if ok else iter(())
+        for name, rgb, faces in pending:
+            yield name, (next(predicted) if rgb is not None else faces)
+        pending.clear()
+
+    for name, source in sources:
+        try:
+            if isinstance(source, AgeGenderError):  # a source that is already known to be bad
+                raise source
+            rgb = load_image(source, name=name)
+            pending.append((name, rgb, find_faces(rgb, detect=detect, min_face_size=min_face_size,
+                                                  threshold=threshold)))
+        except AgeGenderError as exc:
+            pending.append((name, None, exc))
+        if len(pending) >= batch_size:
+            yield from flush()
+    yield from flush()

@@ -40,3 +40,36 @@ def test_cli_missing_models(tmp_path, astronaut_jpeg):
     photo.write_bytes(astronaut_jpeg)
     out = run_cli(str(photo), models=tmp_path / "empty")
     assert out.returncode == 2 and "python -m train" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_batch_csv_and_jsonl_over_folder_and_zip(tmp_path, astronaut_jpeg, tiny_models):
+    import csv
+    import zipfile
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i in range(3):
+        (folder / f"p{i}.jpg").write_bytes(astronaut_jpeg)
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nbroken")
+    (folder / "readme.txt").write_text("ignored: not an image suffix")
+    archive = tmp_path / "more.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        z.writestr("inside/a.jpg", astronaut_jpeg)
+        z.writestr("inside/empty.jpg", b"")
+
+    out_csv = tmp_path / "faces.csv"
+    res = run_cli(str(folder), str(archive), "--output", str(out_csv), "--batch-size", "2", models=tiny_models)
+    assert res.returncode == 1  # two unreadable files, reported in the output, the run went on
+    rows = list(csv.DictReader(out_csv.open()))
+    by_status = {s: [r for r in rows if r["status"] == s] for s in ("ok", "error", "no_face")}
+    assert len(by_status["ok"]) == 4 and len(by_status["error"]) == 2
+    assert {r["face"] for r in by_status["ok"]} == {"1"}
+    assert any(r["file"].endswith("more.zip/inside/a.jpg") for r in by_status["ok"])
+    ages = {r["age"] for r in by_status["ok"]}
+    assert len(ages) == 1  # the same photo gives the same answer whatever its batch
+
+    out_jsonl = tmp_path / "faces.jsonl"
+    res = run_cli(str(folder / "p0.jpg"), "--output", str(out_jsonl), models=tiny_models)
+    assert res.returncode == 0
+    lines = [json.loads(line) for line in out_jsonl.read_text().splitlines()]
+    assert len(lines) == 1 and lines[0]["status"] == "ok" and "female_probability" in lines[0]

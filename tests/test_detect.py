@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import cv2
 import numpy as np
-from conftest import ASTRONAUT_FACE
 
+from conftest import ASTRONAUT_FACE
 from core.detect import detect_faces, get_detector
 
 

@@ -7,13 +7,13 @@ import json
 
 import numpy as np
 import pytest
-from conftest import ASTRONAUT_FACE
 from PIL import Image
-from test_detect import iou
 
 import core
+from conftest import ASTRONAUT_FACE
 from core import FaceNotDetected, FaceResult, InvalidImage, ModelNotFound
 from core.models import AgeGenderModels, load_models
+from test_detect import iou
 
 
 @pytest.fixture(scope="module")

@@ -8,8 +8,8 @@ import shutil
 
 import numpy as np
 import pytest
-from conftest import make_utk_folder
 
+from conftest import make_utk_folder
 from train.data import age_bucket, duplicate_groups, load_or_make_split, make_split, parse_name, scan
 from train.evaluate import compute_metrics
 from train.trainer import calibrate_age_intervals, parse_schedule

@@ -1,0 +1,91 @@
+"""The HTTP API through FastAPI's test client."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from conftest import ASTRONAUT_FACE
+from core.api import MAX_BYTES, create_app
+from test_detect import iou
+
+
+@pytest.fixture(scope="module")
+def client(tiny_models) -> TestClient:
+    return TestClient(create_app(tiny_models))
+
+
+def test_healthz(client):
+    assert client.get("/healthz").json() == {"status": "ok", "models": "loaded"}
+
+
+def test_multipart_and_raw_body_agree(client, astronaut_jpeg):
+    a = client.post("/v1/analyze", files={"image": ("a.jpg", astronaut_jpeg, "image/jpeg")})
+    b = client.post("/v1/analyze", content=astronaut_jpeg, headers={"content-type": "image/jpeg"})
+    assert a.status_code == b.status_code == 200
+    assert a.json() == b.json()
+    body = a.json()
+    assert body["image"] == {"width": 512, "height": 512}
+    assert len(body["faces"]) == 1
+    face = body["faces"][0]
+    box = (face["box"]["x"], face["box"]["y"], face["box"]["w"], face["box"]["h"])
+    assert iou(box, ASTRONAUT_FACE) > 0.7
+    assert set(face) >= {"age", "age_range", "gender", "female_probability", "confidence", "landmarks"}
+
+
+def test_query_parameters(client, astronaut_jpeg):
+    r = client.post("/v1/analyze?min_face_size=200", content=astronaut_jpeg)
+    assert r.status_code == 200 and r.json()["faces"] == []
+    assert client.post("/v1/analyze?threshold=3", content=astronaut_jpeg).status_code == 422
+
+
+@pytest.mark.parametrize("payload", [b"", b"plain text", b"\xff\xd8\xff\xe0 truncated jpeg"])
+def test_bad_images_are_4xx_json(client, payload):
+    r = client.post("/v1/analyze", content=payload, headers={"content-type": "application/octet-stream"})
+    assert 400 <= r.status_code < 500
+    assert r.json()["error"] in ("invalid_image", "missing_image")
+
+
+def test_missing_field_and_too_large(client):
+    r = client.post("/v1/analyze", files={"photo": ("a.jpg", b"x", "image/jpeg")})
+    assert r.status_code == 400 and r.json()["error"] == "missing_image"
+    r = client.post("/v1/analyze", content=b"\0" * (MAX_BYTES + 1))
+    assert r.status_code == 413 and r.json()["error"] == "too_large"
+
+
+def test_openapi_schema_documents_the_endpoint(client):
+    schema = client.get("/openapi.json").json()
+    op = schema["paths"]["/v1/analyze"]["post"]
+    assert "multipart/form-data" in op["requestBody"]["content"]
+    assert "/healthz" in schema["paths"]
+
+
+def test_parallel_requests_get_their_own_results(client, astronaut):
+    """8 requests at once, each a different image: each answer belongs to its own image."""
+    import io
+
+    from PIL import Image
+
+    def make(i: int) -> tuple[int, bytes]:
+        pad = 40 * i
+        canvas = np.full((512 + pad, 512 + pad, 3), 30, np.uint8)
+        canvas[pad:, pad:] = astronaut
+        buf = io.BytesIO()
+        Image.fromarray(canvas).save(buf, format="JPEG", quality=92)
+        return pad, buf.getvalue()
+
+    images = [make(i) for i in range(8)]
+
+    def call(item):
+        pad, data = item
+        return pad, client.post("/v1/analyze", content=data).json()
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        answers = list(pool.map(call, images))
+    for pad, body in answers:
+        assert body["image"]["width"] == 512 + pad
+        x = body["faces"][0]["box"]["x"]
+        assert abs(x - (ASTRONAUT_FACE[0] + pad)) < 6
