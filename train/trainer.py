@@ -301,6 +301,7 @@ def train(args: argparse.Namespace) -> dict:
     model.save(run_dir / "model.keras")
     if args.task == "multitask":
         log(f"backbone saved to {run_dir / 'model.keras'}")
+        publish_history(run_dir, args.out_dir, args.task, config)
         return config
     return export(model, args.task, phases[-1][0], config, run_dir, args.out_dir, args.data_dir, val_s, log,
                   cache=not args.no_cache)
@@ -346,8 +347,6 @@ def calibrate_age_intervals(pred: np.ndarray, true: np.ndarray) -> dict:
 def export(model, task: str, size: int, config: dict, run_dir: Path, out_dir: Path, data_dir: Path,
            val_samples, log, *, cache: bool = True) -> dict:
     """Save a float32 copy of ``model`` as ``<task>_model.h5`` plus metadata, history and run config."""
-    import shutil
-
     import keras
 
     from train.model import build_model
@@ -388,11 +387,19 @@ def export(model, task: str, size: int, config: dict, run_dir: Path, out_dir: Pa
     else:
         metadata["validation"] = {"accuracy": round(float(np.mean((pred >= 0.5) == (y >= 0.5))), 4), "n": len(y)}
     model_path.with_suffix(".json").write_text(json.dumps(metadata, indent=2))
+    publish_history(run_dir, out_dir, task, config)
+    log(f"exported {model_path}: validation {metadata['validation']}")
+    return metadata
+
+
+def publish_history(run_dir: Path, out_dir: Path, task: str, config: dict) -> None:
+    """Copy a run's history and configuration next to the shipped models (for the dashboard and card)."""
+    import shutil
+
+    out_dir.mkdir(parents=True, exist_ok=True)
     if (run_dir / "history.csv").is_file():
         shutil.copyfile(run_dir / "history.csv", out_dir / f"history_{task}.csv")
     (out_dir / f"{task}_run.json").write_text(json.dumps(config, indent=2))
-    log(f"exported {model_path}: validation {metadata['validation']}")
-    return metadata
 
 
 def _compile_args(task: str):
