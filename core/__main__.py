@@ -19,6 +19,8 @@ import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from core.pipeline import DEFAULT_MIN_FACE_SIZE, DEFAULT_THRESHOLD
+
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 CSV_FIELDS = ["file", "status", "face", "x", "y", "w", "h", "confidence", "age", "age_low", "age_high",
               "gender", "female_probability", "error"]
@@ -88,8 +90,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", "-o", type=Path, help="write one row per face to this CSV / JSONL file")
     parser.add_argument("--format", choices=("csv", "jsonl"), help="default: from --output's extension")
     parser.add_argument("--batch-size", type=int, default=8, help="images per model call")
-    parser.add_argument("--min-face-size", type=int, default=20, help="smallest face side in pixels")
-    parser.add_argument("--threshold", type=float, default=0.9, help="detection confidence threshold")
+    parser.add_argument("--min-face-size", type=int, default=DEFAULT_MIN_FACE_SIZE,
+                        help="smallest face side in pixels")
+    parser.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD,
+                        help="detection confidence threshold")
     parser.add_argument("--no-align", action="store_true", help="do not rotate faces to level the eyes")
     parser.add_argument("--no-detect", action="store_true", help="each image is already a cropped face")
     parser.add_argument("--models-dir", help="folder with age_model.h5 / gender_model.h5 (default models/)")

@@ -8,14 +8,11 @@ from pathlib import Path
 import numpy as np
 
 from core.crop import crop_face
-from core.detect import Detection, detect_faces
+from core.detect import DEFAULT_MIN_FACE_SIZE, DEFAULT_THRESHOLD, Detection, detect_faces
 from core.errors import AgeGenderError, FaceNotDetected
 from core.image import ImageInput, load_image
 from core.models import AgeGenderModels, load_models
 from core.results import FaceResult
-
-DEFAULT_MIN_FACE_SIZE = 20
-DEFAULT_THRESHOLD = 0.9
 
 
 def analyze(
