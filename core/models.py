@@ -54,6 +54,35 @@ def load_keras_model(path: Path):
     return keras.models.load_model(path, compile=False)
 
 
+#: Layers that stay float32 when inference runs in bfloat16 (the outputs).
+FLOAT32_LAYERS = ("age_dense", "age", "gender", "race")
+
+
+def inference_precision() -> str:
+    """``bfloat16`` where the CPU has native bf16 math, else ``float32``; AGEGENDER_PRECISION overrides."""
+    from core.hardware import cpu_supports_bf16
+
+    choice = os.environ.get("AGEGENDER_PRECISION", "auto").lower()
+    if choice in ("float32", "bfloat16"):
+        return choice
+    return "bfloat16" if cpu_supports_bf16() else "float32"
+
+
+def with_bfloat16_compute(model):
+    """A copy of ``model`` computing in bfloat16 (``mixed_bfloat16``), output layers kept float32."""
+    import keras
+
+    def clone(layer):
+        config = layer.get_config()
+        if layer.name not in FLOAT32_LAYERS and "dtype" in config:
+            config["dtype"] = "mixed_bfloat16"
+        return layer.__class__.from_config(config)
+
+    copy = keras.models.clone_model(model, clone_function=clone)
+    copy.set_weights(model.get_weights())
+    return copy
+
+
 def age_interval(age: float, table: dict[str, Any] | None) -> tuple[float, float]:
     """The calibrated age range around a predicted age, from the metadata's residual-quantile table.
 
@@ -86,8 +115,12 @@ class AgeGenderModels:
 
         self.directory = models_dir(directory)
         paths = {task: self.directory / name for task, name in MODEL_FILES.items()}
+        self.precision = inference_precision()
         self.age_model = load_keras_model(paths["age"])
         self.gender_model = load_keras_model(paths["gender"])
+        if self.precision == "bfloat16":
+            self.age_model = with_bfloat16_compute(self.age_model)
+            self.gender_model = with_bfloat16_compute(self.gender_model)
         self.metadata = {task: read_metadata(p) for task, p in paths.items()}
         self.input_sizes = {task: int(m["input_size"]) for task, m in self.metadata.items()}
         self.flip = {task: bool(m.get("tta_flip", True)) for task, m in self.metadata.items()}
