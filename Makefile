@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: run test lint install install-dev clean
+.PHONY: run test lint install install-dev clean models bench
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,21 @@ lint: install-dev
 
 test: install-dev lint
 	$(BIN)/pytest
+
+# The shipped models, end to end (long: see the model card for timings). Every step resumes or is idempotent.
+DATA ?= ../shared/data/utkface
+FINETUNE = --data-dir $(DATA) --init runs/multitask/model.keras --freeze-blocks 2 --schedule 96:1 --lr 3e-4 \
+           --warmup-epochs 0.1
+models: install
+	$(BIN)/python -m train multitask --data-dir $(DATA) --schedule 64:7,96:7 --warmup-epochs 0.5 --resume
+	$(BIN)/python -m train age $(FINETUNE) --resume
+	$(BIN)/python -m train gender $(FINETUNE) --resume
+	$(BIN)/python -m train.evaluate --data-dir $(DATA) --json models/metrics_test_chip.json
+	$(BIN)/python -m train.evaluate --data-dir $(DATA) --detect --json models/metrics_test_detect.json
+	$(BIN)/python -m train.card
+
+bench: install-dev
+	$(BIN)/python -m bench --data-dir $(DATA)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -107,3 +107,27 @@ def test_exported_h5_reloads_with_its_loss(tiny_models):
     x = np.zeros((2, 32, 32, 3), np.float32)
     assert model.predict(x, verbose=0).shape == (2, 1)
     assert keras.models.load_model(tiny_models / "gender_model.h5", compile=False).output_shape == (None, 1)
+
+
+def test_age_model_starts_from_the_multitask_backbone(tmp_path, utk_dir):
+    """The shipped-model recipe: multitask backbone -> age model with blocks 1-2 frozen."""
+    import keras
+
+    common = ["--data-dir", str(utk_dir), "--schedule", "32:1", "--batch-size", "8", "--out-dir",
+              str(tmp_path / "models"), "--split-dir", str(tmp_path / "splits"), "--precision", "float32",
+              "--no-cache"]
+    assert train_main(["multitask", "--run-dir", str(tmp_path / "mt"), *common]) == 0
+    backbone = tmp_path / "mt" / "model.keras"
+    assert backbone.is_file() and (tmp_path / "models" / "history_multitask.csv").is_file()
+    assert train_main(["age", "--run-dir", str(tmp_path / "age"), "--init", str(backbone),
+                       "--freeze-blocks", "2", *common]) == 0
+    src = keras.models.load_model(backbone, compile=False)
+    age = keras.models.load_model(tmp_path / "models" / "age_model.h5", compile=False)
+    for name in ("conv1_1", "conv2_2", "bn2_2"):  # frozen: identical to the backbone
+        for a, b in zip(src.get_layer(name).get_weights(), age.get_layer(name).get_weights()):
+            np.testing.assert_array_equal(a, b)
+    changed = any(not np.array_equal(a, b) for a, b in zip(src.get_layer("conv5_3").get_weights(),
+                                                           age.get_layer("conv5_3").get_weights()))
+    assert changed  # trainable blocks moved
+    config = json.loads((tmp_path / "models" / "age_run.json").read_text())
+    assert "head" in config["init_note"]

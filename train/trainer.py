@@ -130,23 +130,29 @@ def _initialise(model, init: str, vggface_weights: str | None, log) -> str:
         raise FileNotFoundError(f"--init {init}: no such file")
     if path.suffix == ".keras":
         src = keras.models.load_model(path, compile=False)
-        names = copy_backbone_weights(src, model)
-        log(f"initialised {len(names)} backbone layers from {path}")
-        return f"backbone from {path.name} ({len(names)} layers)"
+        names = copy_weights_by_name(src, model)
+        heads = [n for n in names if not n.startswith(("conv", "bn"))]
+        log(f"initialised {len(names)} layers from {path} (heads: {heads or 'none'})")
+        return f"backbone{' and head' if heads else ''} from {path.parent.name}/{path.name} ({len(names)} layers)"
     names = load_vggface_weights(model, path)
     log(f"loaded VGGFace weights into {len(names)} layers from {path}")
     return f"VGGFace weights from {path.name} ({len(names)} layers)"
 
 
-def copy_backbone_weights(src, dst) -> list[str]:
-    """Copy conv/bn weights by layer name from one model to another (e.g. multitask -> age)."""
+def copy_weights_by_name(src, dst) -> list[str]:
+    """Copy weights between layers of the same name and shapes (e.g. multitask -> age: the backbone and
+    the age head, so the single-task model starts exactly where the multitask model's age output was)."""
     src_layers = {layer.name: layer for layer in src.layers}
     copied = []
     for layer in dst.layers:
-        if layer.name.startswith(("conv", "bn")) and layer.name in src_layers:
-            layer.set_weights(src_layers[layer.name].get_weights())
+        other = src_layers.get(layer.name)
+        if other is None or not layer.weights:
+            continue
+        weights = other.get_weights()
+        if [w.shape for w in weights] == [tuple(w.shape) for w in layer.weights]:
+            layer.set_weights(weights)
             copied.append(layer.name)
-    if not copied:
+    if not any(name.startswith("conv") for name in copied):
         raise ValueError("no backbone layer matched by name")
     return copied
 
