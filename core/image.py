@@ -9,6 +9,7 @@ than :data:`MAX_PIXELS` pixels are refused before they are decoded (decompressio
 from __future__ import annotations
 
 import io
+import struct
 import warnings
 from pathlib import Path
 from typing import IO
@@ -48,18 +49,22 @@ def load_image(source: ImageInput, *, name: str | None = None) -> np.ndarray:
                            "Resize or recompress the photo.")
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            # Our own limit (MAX_PIXELS, checked before decoding) replaces Pillow's warning at 89.5 MP;
+            # Pillow's hard DecompressionBombError (about 179 MP) still applies.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             img = Image.open(io.BytesIO(data))
             _check_pixels(img.size, label)
             return _from_pil(img, label)
     except InvalidImage:
         raise
-    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+    except (UnidentifiedImageError, Image.DecompressionBombError) as exc:
         if isinstance(exc, UnidentifiedImageError):
             raise InvalidImage(f"{label} is not an image this app can read. Use a {SUPPORTED} file.") from None
         raise InvalidImage(f"{label} claims too many pixels. Use a photo under "
                            f"{MAX_PIXELS // 1_000_000} megapixels.") from None
-    except (OSError, ValueError, SyntaxError, EOFError) as exc:
+    except (OSError, ValueError, SyntaxError, EOFError, IndexError, TypeError, struct.error) as exc:
+        # IndexError / TypeError / struct.error: Pillow's parsers raise these on some corrupt headers (found by
+        # tests/fuzz_decode.py: a TIFF tag of the wrong type, an animated GIF cut inside a later frame).
         raise InvalidImage(f"{label} is damaged or truncated and cannot be decoded ({exc}). "
                            "Export or download it again.") from None
 
@@ -94,7 +99,7 @@ def _check_pixels(size: tuple[int, int], label: str) -> None:
 
 def _from_pil(img: Image.Image, label: str) -> np.ndarray:
     _check_pixels(img.size, label)
-    if getattr(img, "is_animated", False):
+    if img.tell() != 0:  # the first frame; not ``is_animated``, which parses the later frames too
         img.seek(0)
     img.load()
     img = ImageOps.exif_transpose(img)

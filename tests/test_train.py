@@ -131,3 +131,23 @@ def test_age_model_starts_from_the_multitask_backbone(tmp_path, utk_dir):
     assert changed  # trainable blocks moved
     config = json.loads((tmp_path / "models" / "age_run.json").read_text())
     assert "head" in config["init_note"]
+
+
+def test_evaluate_end_to_end_and_model_card(tmp_path, utk_dir, tiny_models):
+    """evaluate() on a UTKFace-format folder in both modes, then the card is written from the saved files."""
+    from train.card import build_card
+    from train.data import scan
+    from train.evaluate import evaluate
+
+    samples, _ = scan(utk_dir)
+    chip = evaluate(utk_dir, samples[:12], detect=False, models_dir=str(tiny_models), progress=False)
+    detect = evaluate(utk_dir, samples[:6], detect=True, models_dir=str(tiny_models), progress=False)
+    assert chip["n"] == 12 and chip["mode"] == "chip" and len(chip["predictions"]) == 12
+    errors = [abs(p["pred_age"] - p["age"]) for p in chip["predictions"]]
+    assert chip["age_mae"] == pytest.approx(np.mean(errors), abs=0.01)
+    assert detect["n"] + detect["no_face"] == 6
+    folder = tmp_path / "models"
+    shutil.copytree(tiny_models, folder)
+    (folder / "metrics_test_chip.json").write_text(json.dumps(chip))
+    card = build_card(folder)
+    assert "## Test metrics" in card and str(chip["age_mae"]) in card and "From scratch" in card
