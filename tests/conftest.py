@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import io
 import os
+import struct
+import zlib
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -19,6 +21,38 @@ from PIL import Image
 
 from core.crop import crop_face
 from core.detect import detect_faces
+
+
+def encode(img: Image.Image | np.ndarray, fmt: str, **kw) -> bytes:
+    """Encode a PIL image or an array in ``fmt`` (JPEG, PNG, ...)."""
+    if isinstance(img, np.ndarray):
+        img = Image.fromarray(img)
+    buf = io.BytesIO()
+    img.save(buf, format=fmt, **kw)
+    return buf.getvalue()
+
+
+def png_claiming(width: int, height: int) -> bytes:
+    """A 70-byte PNG whose header claims ``width`` x ``height`` RGB pixels."""
+    def chunk(kind: bytes, payload: bytes) -> bytes:
+        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 16))
+            + chunk(b"IEND", b""))
+
+
+def three_faces(astronaut: np.ndarray) -> np.ndarray:
+    """The astronaut's face pasted three times at different sizes (largest in the middle)."""
+    import cv2
+
+    face = astronaut[40:200, 160:290]
+    canvas = np.full((400, 900, 3), 200, np.uint8)
+    for i, scale in enumerate((1.0, 1.3, 0.8)):
+        f = cv2.resize(face, None, fx=scale, fy=scale)
+        x = 30 + i * 290
+        canvas[20:20 + f.shape[0], x:x + f.shape[1]] = f
+    return canvas
+
 
 #: Where the astronaut's face is (x, y, w, h), measured once with MTCNN and checked by eye.
 ASTRONAUT_FACE = (182, 64, 83, 107)

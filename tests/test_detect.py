@@ -5,7 +5,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from conftest import ASTRONAUT_FACE
+from conftest import ASTRONAUT_FACE, three_faces
 from core.detect import detect_faces, get_detector
 
 
@@ -27,13 +27,7 @@ def test_astronaut_has_one_face_on_the_face(astronaut):
 
 
 def test_three_faces_largest_first(astronaut):
-    face = astronaut[40:200, 160:290]
-    canvas = np.full((400, 900, 3), 200, np.uint8)
-    for i, scale in enumerate((1.0, 1.3, 0.8)):
-        f = cv2.resize(face, None, fx=scale, fy=scale)
-        x = 30 + i * 290
-        canvas[20:20 + f.shape[0], x:x + f.shape[1]] = f
-    faces = detect_faces(canvas)
+    faces = detect_faces(three_faces(astronaut))
     assert len(faces) == 3
     areas = [f.area for f in faces]
     assert areas == sorted(areas, reverse=True)

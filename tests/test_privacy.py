@@ -13,10 +13,11 @@ import tempfile
 import threading
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 from PIL import Image
+
+from conftest import encode, three_faces
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGE = ROOT / "pages" / "1_Photo_upload.py"
@@ -114,15 +115,7 @@ def private_jpeg(astronaut) -> bytes:
 
 @pytest.fixture(scope="module")
 def three_faces_png(astronaut) -> bytes:
-    face = astronaut[40:200, 160:290]
-    canvas = np.full((400, 900, 3), 200, np.uint8)
-    for i, scale in enumerate((1.0, 1.3, 0.8)):
-        f = cv2.resize(face, None, fx=scale, fy=scale)
-        x = 30 + i * 290
-        canvas[20:20 + f.shape[0], x:x + f.shape[1]] = f
-    buf = io.BytesIO()
-    Image.fromarray(canvas).save(buf, format="PNG")
-    return buf.getvalue()
+    return encode(three_faces(astronaut), "PNG")
 
 
 def new_page():

@@ -10,10 +10,8 @@ from __future__ import annotations
 import io
 import json
 import os
-import struct
 import subprocess
 import sys
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,7 +21,7 @@ import pytest
 from PIL import Image
 
 import core
-from conftest import ASTRONAUT_FACE
+from conftest import ASTRONAUT_FACE, encode, png_claiming
 from core.models import load_models
 from test_detect import iou
 
@@ -58,23 +56,6 @@ class Case:
     @property
     def bad(self) -> bool:
         return self.faces is None and self.min_faces is None
-
-
-def encode(img: Image.Image | np.ndarray, fmt: str, **kw) -> bytes:
-    if isinstance(img, np.ndarray):
-        img = Image.fromarray(img)
-    buf = io.BytesIO()
-    img.save(buf, format=fmt, **kw)
-    return buf.getvalue()
-
-
-def png_claiming(width: int, height: int) -> bytes:
-    """A 70-byte PNG whose header claims ``width`` x ``height`` RGB pixels."""
-    def chunk(kind: bytes, payload: bytes) -> bytes:
-        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 16))
-            + chunk(b"IEND", b""))
 
 
 def shifted(box: Box, dx: float = 0, dy: float = 0, scale: float = 1.0) -> Box:
