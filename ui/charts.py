@@ -78,26 +78,28 @@ def compare_figure(histories: dict[str, pd.DataFrame]) -> go.Figure:
     return fig
 
 
-def bucket_mae_figure(metrics: dict[str, dict]) -> go.Figure:
-    """Age MAE per age bucket, one bar group per evaluation mode (chip / detect)."""
+def _grouped_bars(metrics: dict[str, dict], group: str, value: str) -> go.Figure:
+    """One bar per group (age bucket / race) and evaluation mode (chip / detect), ``n`` as the label."""
     fig = go.Figure()
     for mode, m in metrics.items():
-        buckets = m["per_age_bucket"]
-        fig.add_trace(go.Bar(x=list(buckets), y=[b["age_mae"] for b in buckets.values()], name=mode,
-                             text=[f"n={b['n']}" for b in buckets.values()]))
-    fig.update_layout(title="Age MAE per age bucket (test split)", xaxis_title="true age",
-                      yaxis_title="MAE (years)", barmode="group", margin={"t": 50, "b": 40})
+        groups = m[group]
+        fig.add_trace(go.Bar(x=list(groups), y=[g[value] for g in groups.values()], name=mode,
+                             text=[f"n={g['n']}" for g in groups.values()]))
+    fig.update_layout(barmode="group", margin={"t": 50, "b": 40})
+    return fig
+
+
+def bucket_mae_figure(metrics: dict[str, dict]) -> go.Figure:
+    """Age MAE per age bucket, one bar group per evaluation mode (chip / detect)."""
+    fig = _grouped_bars(metrics, "per_age_bucket", "age_mae")
+    fig.update_layout(title="Age MAE per age bucket (test split)", xaxis_title="true age", yaxis_title="MAE (years)")
     return fig
 
 
 def race_accuracy_figure(metrics: dict[str, dict]) -> go.Figure:
-    fig = go.Figure()
-    for mode, m in metrics.items():
-        races = m["per_race"]
-        fig.add_trace(go.Bar(x=list(races), y=[r["gender_accuracy"] for r in races.values()], name=mode,
-                             text=[f"n={r['n']}" for r in races.values()]))
+    fig = _grouped_bars(metrics, "per_race", "gender_accuracy")
     fig.update_layout(title="Gender accuracy per race (UTKFace labels, test split)", yaxis_title="accuracy",
-                      yaxis_range=[0.5, 1.0], barmode="group", margin={"t": 50, "b": 40})
+                      yaxis_range=[0.5, 1.0])
     return fig
 
 
