@@ -17,14 +17,26 @@ def face_label(index: int, face: FaceResult) -> str:
     return f"{index}: {face.age:.0f} {'F' if face.gender == 'female' else 'M'} {face.gender_probability:.0%}"
 
 
-def annotate(rgb: np.ndarray, faces: Sequence[FaceResult]) -> np.ndarray:
-    """A copy of ``rgb`` with each face boxed, numbered from 1 and labelled "n: age F/M p%"."""
-    out = rgb.copy()
+def shrink(rgb: np.ndarray, max_side: int | None) -> tuple[np.ndarray, float]:
+    """``rgb`` downscaled so its longest side is at most ``max_side`` (a copy), and the scale used."""
+    h, w = rgb.shape[:2]
+    if not max_side or max(h, w) <= max_side:
+        return rgb.copy(), 1.0
+    scale = max_side / max(h, w)
+    return cv2.resize(rgb, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA), scale
+
+
+def annotate(rgb: np.ndarray, faces: Sequence[FaceResult], *, max_side: int | None = None) -> np.ndarray:
+    """A copy of ``rgb`` with each face boxed, numbered from 1 and labelled "n: age F/M p%".
+
+    With ``max_side`` the copy is first downscaled (for display of very large photos).
+    """
+    out, scale = shrink(rgb, max_side)
     h, w = out.shape[:2]
     thickness = max(1, round(max(h, w) / 400))
     font_scale = max(0.4, max(h, w) / 1400)
     for i, face in enumerate(faces, 1):
-        x, y, bw, bh = (round(v) for v in face.box)
+        x, y, bw, bh = (round(v * scale) for v in face.box)
         color = FEMALE_COLOR if face.gender == "female" else MALE_COLOR
         cv2.rectangle(out, (x, y), (x + bw, y + bh), color, thickness, cv2.LINE_AA)
         text = face_label(i, face)

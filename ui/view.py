@@ -12,10 +12,13 @@ import streamlit as st
 from PIL import Image
 
 import core
-from core.draw import annotate
+from core.draw import annotate, shrink
 from core.image import load_image
 from core.models import AgeGenderModels, load_models
 from core.pipeline import DEFAULT_MIN_FACE_SIZE, DEFAULT_THRESHOLD
+
+#: Photos are shown and offered for download at most this large (a 50 MP photo would be a 100 MB PNG).
+DISPLAY_MAX_SIDE = 2048
 
 
 @st.cache_resource(show_spinner="Loading the face detector and the age and gender models...")
@@ -98,9 +101,9 @@ def show_result(name: str, rgb: np.ndarray, faces: list[core.FaceResult], *, key
     if not faces:
         st.info(f"No face found in {name}. Try a smaller minimum face size or a lower detection threshold "
                 "in the sidebar, or a photo where the face is larger and facing the camera.")
-        st.image(rgb, width="stretch")
+        st.image(shrink(rgb, DISPLAY_MAX_SIDE)[0], width="stretch")
         return
-    annotated = annotate(rgb, faces)
+    annotated = annotate(rgb, faces, max_side=DISPLAY_MAX_SIDE)
     st.image(annotated, caption=f"{len(faces)} face{'s' if len(faces) != 1 else ''}", width="stretch")
     table = results_table(faces)
     st.dataframe(table, hide_index=True, width="stretch")
