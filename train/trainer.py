@@ -27,6 +27,7 @@ import sys
 import time
 from pathlib import Path
 
+import keras
 import numpy as np
 
 from core.models import DEFAULT_MODELS_DIR, MODEL_FILES, predict_crops
@@ -93,8 +94,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _set_precision(choice: str) -> str:
-    import keras
-
     from core.hardware import bf16_policy_available
 
     policy = "float32"
@@ -114,8 +113,6 @@ def _git_commit() -> str | None:
 
 def _initialise(model, init: str, vggface_weights: str | None, log) -> str:
     """Apply --init to a freshly built model; return a description for the provenance record."""
-    import keras
-
     from core.vggface import load_vggface_weights
 
     if init == "scratch":
@@ -157,48 +154,62 @@ def copy_weights_by_name(src, dst) -> list[str]:
     return copied
 
 
-class EpochInfo:
-    """Keras callback factory: adds images/s, input size and learning rate to each epoch's logs."""
+class EpochInfo(keras.callbacks.Callback):
+    """Adds training images/s, epoch seconds, input size and learning rate to each epoch's logs."""
 
-    @staticmethod
-    def make(n_train: int, size: int):
-        import keras
+    def __init__(self, n_train: int, size: int):
+        super().__init__()
+        self.n_train, self.size = n_train, size
 
-        class _Cb(keras.callbacks.Callback):
-            def on_epoch_begin(self, epoch, logs=None):
-                self.t0 = time.perf_counter()
-                self.t_val = None
+    def on_epoch_begin(self, epoch, logs=None):
+        self.t0, self.t_val = time.perf_counter(), None
 
-            def on_test_begin(self, logs=None):
-                if self.t_val is None:
-                    self.t_val = time.perf_counter()
+    def on_test_begin(self, logs=None):
+        if self.t_val is None:
+            self.t_val = time.perf_counter()
 
-            def on_epoch_end(self, epoch, logs=None):
-                if logs is None:
-                    return
-                end = self.t_val or time.perf_counter()
-                logs["images_per_s"] = n_train / max(end - self.t0, 1e-9)
-                logs["epoch_seconds"] = time.perf_counter() - self.t0
-                logs["input_size"] = size
-                logs["lr"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
-
-        return _Cb()
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is None:
+            return
+        end = self.t_val or time.perf_counter()
+        logs["images_per_s"] = self.n_train / max(end - self.t0, 1e-9)
+        logs["epoch_seconds"] = time.perf_counter() - self.t0
+        logs["input_size"] = self.size
+        logs["lr"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
 
 
-def _state_saver(run_dir: Path):
-    import keras
+class SaveState(keras.callbacks.Callback):
+    """Records the last finished epoch for --resume. Runs after ModelCheckpoint (callback order), so the
+    state never points past the checkpoint."""
 
-    class _Cb(keras.callbacks.Callback):
-        def on_epoch_end(self, epoch, logs=None):
-            # Written after ModelCheckpoint (callback order), so the state never points past the checkpoint.
-            (run_dir / "state.json").write_text(json.dumps({"epochs_done": epoch + 1}))
+    def __init__(self, run_dir: Path):
+        super().__init__()
+        self.run_dir = run_dir
 
-    return _Cb()
+    def on_epoch_end(self, epoch, logs=None):
+        (self.run_dir / "state.json").write_text(json.dumps({"epochs_done": epoch + 1}))
+
+
+class BestWeights(keras.callbacks.Callback):
+    """Keeps the weights with the lowest val_loss (at the final input size) across resumes."""
+
+    def __init__(self, run_dir: Path):
+        super().__init__()
+        self.run_dir = run_dir
+
+    def on_train_begin(self, logs=None):
+        best = self.run_dir / "best.json"
+        self.best = json.loads(best.read_text())["val_loss"] if best.is_file() else math.inf
+
+    def on_epoch_end(self, epoch, logs=None):
+        value = (logs or {}).get("val_loss", math.inf)
+        if value < self.best:
+            self.best = value
+            self.model.save_weights(str(self.run_dir / "best.weights.h5"))
+            (self.run_dir / "best.json").write_text(json.dumps({"epoch": epoch + 1, "val_loss": value}))
 
 
 def train(args: argparse.Namespace) -> dict:
-    import keras
-
     from train.model import build_model, freeze_blocks, losses_and_metrics
 
     run_dir = args.run_dir or ROOT / "runs" / args.task
@@ -278,14 +289,14 @@ def train(args: argparse.Namespace) -> dict:
                                 training=True, seed=args.seed)
         val_ds = make_dataset(x_val, labels(val_s, args.task), batch_size=args.batch_size, training=False)
         callbacks = [
-            EpochInfo.make(len(train_s), size),
+            EpochInfo(len(train_s), size),
             keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=True),
             keras.callbacks.ModelCheckpoint(str(ckpt), save_weights_only=False),
-            _state_saver(run_dir),
+            SaveState(run_dir),
         ]
         if final:
             callbacks += [
-                _BestWeights.make(run_dir),
+                BestWeights(run_dir),
                 keras.callbacks.EarlyStopping(monitor="val_loss", patience=args.patience, verbose=1),
             ]
         first = max(epoch_start, epochs_done)
@@ -313,26 +324,6 @@ def train(args: argparse.Namespace) -> dict:
                   cache=not args.no_cache)
 
 
-class _BestWeights:
-    @staticmethod
-    def make(run_dir: Path):
-        import keras
-
-        class _Cb(keras.callbacks.Callback):
-            def on_train_begin(self, logs=None):
-                best = run_dir / "best.json"
-                self.best = json.loads(best.read_text())["val_loss"] if best.is_file() else math.inf
-
-            def on_epoch_end(self, epoch, logs=None):
-                value = (logs or {}).get("val_loss", math.inf)
-                if value < self.best:
-                    self.best = value
-                    self.model.save_weights(str(run_dir / "best.weights.h5"))
-                    (run_dir / "best.json").write_text(json.dumps({"epoch": epoch + 1, "val_loss": value}))
-
-        return _Cb()
-
-
 def calibrate_age_intervals(pred: np.ndarray, true: np.ndarray) -> dict:
     """Residual quantiles (true - predicted) per band of predicted age: the table behind ``age_range``."""
     bands = []
@@ -353,8 +344,6 @@ def calibrate_age_intervals(pred: np.ndarray, true: np.ndarray) -> dict:
 def export(model, task: str, size: int, config: dict, run_dir: Path, out_dir: Path, data_dir: Path,
            val_samples, log, *, cache: bool = True) -> dict:
     """Save a float32 copy of ``model`` as ``<task>_model.h5`` plus metadata, history and run config."""
-    import keras
-
     from train.model import build_model
 
     keras.mixed_precision.set_global_policy("float32")
