@@ -102,7 +102,7 @@ def evaluate(data_dir: Path, samples: list[Sample], *, detect: bool, models_dir:
 def format_report(m: dict) -> str:
     lines = [f"mode {m['mode']}: {m['n']} faces scored, {m['no_face']} without a detected face",
              f"age MAE {m['age_mae']}  (RMSE {m['age_rmse']}), true age inside the range: "
-             f"{m['age_range_coverage']:.1%}",
+             + (f"{m['age_range_coverage']:.1%}" if m["age_range_coverage"] is not None else "n/a"),
              f"gender accuracy {m['gender_accuracy']:.2%}, adults (20+) {m['gender_accuracy_adults']:.2%}",
              "per age bucket:  " + "  ".join(f"{k}: MAE {v['age_mae']} acc {v['gender_accuracy']} (n={v['n']})"
                                             for k, v in m["per_age_bucket"].items()),
