@@ -8,7 +8,7 @@ Importing ``core`` loads no model and starts nothing; models load on the first `
 """
 
 from core.errors import AgeGenderError, FaceNotDetected, InvalidImage, ModelNotFound, WeightsMismatch
-from core.pipeline import analyze
+from core.pipeline import analyze, analyze_many
 from core.results import FaceResult
 
 __all__ = [
@@ -19,4 +19,5 @@ __all__ = [
     "ModelNotFound",
     "WeightsMismatch",
     "analyze",
+    "analyze_many",
 ]
