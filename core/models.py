@@ -54,6 +54,9 @@ def load_keras_model(path: Path):
     return keras.models.load_model(path, compile=False)
 
 
+#: Ages and age ranges are reported within 0..MAX_AGE years (UTKFace's oldest label is 116).
+MAX_AGE = 120.0
+
 #: Layers that stay float32 when inference runs in bfloat16 (the outputs).
 FLOAT32_LAYERS = ("age_dense", "age", "gender", "race")
 
@@ -87,7 +90,7 @@ def age_interval(age: float, table: dict[str, Any] | None) -> tuple[float, float
     """The calibrated age range around a predicted age, from the metadata's residual-quantile table.
 
     The table holds quantiles of (true - predicted) per band of predicted age, measured on the validation
-    split; the range is widened if needed so that it contains the estimate, and clipped to 0-120.
+    split; the range is widened if needed so that it contains the estimate, and clipped to 0-MAX_AGE.
     """
     if not table or not table.get("bands"):
         return (max(0.0, age), age)
@@ -98,7 +101,7 @@ def age_interval(age: float, table: dict[str, Any] | None) -> tuple[float, float
             break
     low = min(age, age + band["q_low"])  # the range always contains the estimate itself
     high = max(age, age + band["q_high"])
-    return (float(np.clip(low, 0.0, 120.0)), float(np.clip(high, 0.0, 120.0)))
+    return (float(np.clip(low, 0.0, MAX_AGE)), float(np.clip(high, 0.0, MAX_AGE)))
 
 
 @dataclass

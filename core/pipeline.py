@@ -11,7 +11,7 @@ from core.crop import crop_face
 from core.detect import DEFAULT_MIN_FACE_SIZE, DEFAULT_THRESHOLD, Detection, detect_faces
 from core.errors import AgeGenderError, FaceNotDetected
 from core.image import ImageInput, load_image
-from core.models import AgeGenderModels, load_models
+from core.models import MAX_AGE, AgeGenderModels, load_models
 from core.results import FaceResult
 
 
@@ -80,7 +80,7 @@ def predict_faces(items: list[tuple[np.ndarray, list[Detection]]], models: AgeGe
     for _, faces in items:
         out = []
         for face in faces:
-            age = float(max(0.0, pred.ages[k]))
+            age = float(np.clip(pred.ages[k], 0.0, MAX_AGE))
             out.append(FaceResult(box=face.box, confidence=face.confidence, age=age,
                                   age_range=models.age_range(age),
                                   female_probability=float(pred.female_probabilities[k]),
