@@ -23,8 +23,11 @@ else:
     detect = info.metrics.get("detect") or {}
     chip = info.metrics.get("chip") or {}
     c1, c2, c3, c4 = st.columns(4)
-    c1.metric("Age MAE, photos (years)", detect.get("age_mae", "n/a"), help="test split, full app pipeline")
-    c2.metric("Age MAE, chips (years)", chip.get("age_mae", "n/a"), help="test split, face chips as given")
+    def years(m: dict) -> str:
+        return f"{m['age_mae']:.2f}" if m.get("age_mae") is not None else "n/a"
+
+    c1.metric("Age MAE, photos (years)", years(detect), help="test split, full app pipeline (MTCNN + crop)")
+    c2.metric("Age MAE, chips (years)", years(chip), help="test split, face chips as given")
     acc = detect.get("gender_accuracy")
     c3.metric("Gender accuracy, photos", f"{acc:.1%}" if acc is not None else "n/a")
     cov = detect.get("age_range_coverage")

@@ -77,7 +77,7 @@ def screenshots(url: str, out: Path, photo: Path, snapshot: Path | None = None) 
     saved = []
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page = browser.new_page(viewport={"width": 1400, "height": 1700})
         page.goto(url)
         page.get_by_text("Privacy").first.wait_for(timeout=60_000)
         page.screenshot(path=out / "home.png", full_page=True)

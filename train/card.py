@@ -78,7 +78,8 @@ def build_card(directory: Path) -> str:
         out.append(f"- Shared backbone: `python -m train multitask` (age + gender + race), schedule "
                    f"`{backbone.get('schedule')}` (input size : epochs, progressive resizing), batch "
                    f"{backbone.get('batch_size')}, AdamW peak lr {backbone.get('lr')}, warm-up then cosine, "
-                   f"policy {backbone.get('policy')}.")
+                   f"policy {backbone.get('policy')}."
+                   + (f" Note: {backbone['note']}." if backbone.get("note") else ""))
     for task, run in runs.items():
         out.append(f"- {task} model: {run.get('init_note')}; blocks 1-{run.get('freeze_blocks')} frozen; schedule "
                    f"`{run.get('schedule')}`, lr {run.get('lr')}, policy {run.get('policy')}.")
