@@ -46,15 +46,19 @@ def build_model(task: str, *, input_size: int | None = None, batch_norm: bool = 
     return keras.Model(base.input, outputs, name=f"vggface_{task}")
 
 
-def losses_and_metrics(task: str) -> tuple[dict, dict, dict]:
-    """Keras ``compile`` arguments per output. Loss names reload from Keras 3 ``.h5`` files."""
+def compile_args(task: str) -> dict:
+    """Keras ``compile`` keyword arguments (loss, metrics, loss_weights) for a task's model.
+
+    Multitask models get one entry per output and loss weights that put the age MSE (in years squared) on
+    the scale of the cross-entropies. Loss names are the ones that reload from Keras 3 ``.h5`` files.
+    """
     losses = {"age": "mean_squared_error", "gender": "binary_crossentropy",
               "race": "sparse_categorical_crossentropy"}
     metrics = {"age": ["mae"], "gender": ["accuracy", keras.metrics.AUC(name="auc")], "race": ["accuracy"]}
+    if task != "multitask":
+        return {"loss": losses[task], "metrics": metrics[task]}
     weights = {"age": 1.0 / AGE_STD**2, "gender": 1.0, "race": 0.5}
-    names = ("age", "gender", "race") if task == "multitask" else (task,)
-    return ({n: losses[n] for n in names}, {n: metrics[n] for n in names},
-            {n: weights[n] for n in names})
+    return {"loss": losses, "metrics": metrics, "loss_weights": weights}
 
 
 def freeze_blocks(model: keras.Model, n_blocks: int) -> list[str]:

@@ -210,7 +210,7 @@ class BestWeights(keras.callbacks.Callback):
 
 
 def train(args: argparse.Namespace) -> dict:
-    from train.model import build_model, freeze_blocks, losses_and_metrics
+    from train.model import build_model, compile_args, freeze_blocks
 
     run_dir = args.run_dir or ROOT / "runs" / args.task
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -263,10 +263,7 @@ def train(args: argparse.Namespace) -> dict:
             initial_learning_rate=args.lr * 0.01, decay_steps=max(1, total_epochs * steps_per_epoch - warmup),
             alpha=0.01, warmup_target=args.lr, warmup_steps=warmup)
         optimizer = keras.optimizers.AdamW(learning_rate=schedule, weight_decay=args.weight_decay)
-        losses, metrics, weights = losses_and_metrics(args.task)
-        if args.task != "multitask":
-            losses, metrics, weights = losses[args.task], metrics[args.task], None
-        model.compile(optimizer=optimizer, loss=losses, metrics=metrics, loss_weights=weights)
+        model.compile(optimizer=optimizer, **compile_args(args.task))
         for f in ("history.csv", "best.weights.h5", "best.json"):
             (run_dir / f).unlink(missing_ok=True)
     config["init_note"] = init_note
@@ -344,13 +341,12 @@ def calibrate_age_intervals(pred: np.ndarray, true: np.ndarray) -> dict:
 def export(model, task: str, size: int, config: dict, run_dir: Path, out_dir: Path, data_dir: Path,
            val_samples, log, *, cache: bool = True) -> dict:
     """Save a float32 copy of ``model`` as ``<task>_model.h5`` plus metadata, history and run config."""
-    from train.model import build_model
+    from train.model import build_model, compile_args
 
     keras.mixed_precision.set_global_policy("float32")
     clean = build_model(task)
     clean.set_weights(model.get_weights())
-    losses, _, _ = _compile_args(task)
-    clean.compile(optimizer="adam", loss=losses)
+    clean.compile(optimizer="adam", loss=compile_args(task)["loss"])  # the loss reloads with the .h5
     out_dir.mkdir(parents=True, exist_ok=True)
     model_path = out_dir / MODEL_FILES[task]
     clean.save(model_path)
@@ -395,10 +391,3 @@ def publish_history(run_dir: Path, out_dir: Path, task: str, config: dict) -> No
     if (run_dir / "history.csv").is_file():
         shutil.copyfile(run_dir / "history.csv", out_dir / f"history_{task}.csv")
     (out_dir / f"{task}_run.json").write_text(json.dumps(config, indent=2))
-
-
-def _compile_args(task: str):
-    from train.model import losses_and_metrics
-
-    losses, metrics, weights = losses_and_metrics(task)
-    return losses[task], metrics[task], weights
