@@ -51,9 +51,15 @@ class Detection:
 @lru_cache(maxsize=1)
 def get_detector():
     """The process-wide MTCNN instance (weights ship inside the ``mtcnn`` package)."""
+    import tensorflow as tf
     from mtcnn import MTCNN
 
-    return MTCNN(device="CPU:0")
+    detector = MTCNN(device="CPU:0")
+    # mtcnn 1.0 calls each network eagerly, once per pyramid level; as tf.functions the same networks run
+    # about 4x faster at 240p and 1.5x at 1080p (python -m bench). mtcnn 1.0.0 keeps them in ``_model``.
+    for stage in detector.stages:
+        stage._model = tf.function(stage.model, reduce_retracing=True, autograph=False)
+    return detector
 
 
 def detect_faces(rgb: np.ndarray, *, min_face_size: int = DEFAULT_MIN_FACE_SIZE,
