@@ -23,7 +23,8 @@ from fastapi.responses import JSONResponse
 from core.errors import InvalidImage, ModelNotFound
 from core.image import MAX_BYTES, load_image
 from core.models import load_models
-from core.pipeline import DEFAULT_MIN_FACE_SIZE, DEFAULT_THRESHOLD, find_faces, predict_faces
+from core.pipeline import DEFAULT_MIN_FACE_SIZE, DEFAULT_THRESHOLD
+from core.pipeline import analyze as analyze_image
 
 #: Largest request accepted, in bytes (the image plus multipart overhead).
 MAX_REQUEST_BYTES = MAX_BYTES + 64 * 1024
@@ -84,11 +85,11 @@ def create_app(models_dir: str | Path | None = None) -> FastAPI:
             return error(503, "models_missing", str(exc))
         try:
             rgb = await run_in_threadpool(load_image, data, name="the uploaded image")
-            faces = await run_in_threadpool(find_faces, rgb, min_face_size=min_face_size, threshold=threshold)
-            results = await run_in_threadpool(predict_faces, [(rgb, faces)], models, align=align)
+            faces = await run_in_threadpool(analyze_image, rgb, min_face_size=min_face_size, threshold=threshold,
+                                            align=align, models=models)
         except InvalidImage as exc:
             return error(400, "invalid_image", str(exc))
-        return {"faces": [f.as_dict() for f in results[0]],
+        return {"faces": [f.as_dict() for f in faces],
                 "image": {"width": int(rgb.shape[1]), "height": int(rgb.shape[0])}}
 
     return app

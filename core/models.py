@@ -113,11 +113,11 @@ class Predictions:
 class AgeGenderModels:
     """Both models, loaded once; :meth:`predict` runs every crop of an image in one batched call.
 
-    Test-time flip follows each model's metadata (``tta_flip``); AGEGENDER_TTA=0 or 1 overrides it (without
-    the flipped copy the models run twice as fast).
+    Test-time flip follows each model's metadata (``tta_flip``) unless ``tta`` is given; the environment
+    variable AGEGENDER_TTA=0 or 1 sets that default (without the flipped copy the models run twice as fast).
     """
 
-    def __init__(self, directory: str | Path | None = None):
+    def __init__(self, directory: str | Path | None = None, *, tta: bool | None = None):
         import tensorflow as tf
 
         self.directory = models_dir(directory)
@@ -130,8 +130,9 @@ class AgeGenderModels:
             self.gender_model = with_bfloat16_compute(self.gender_model)
         self.metadata = {task: read_metadata(p) for task, p in paths.items()}
         self.input_sizes = {task: int(m["input_size"]) for task, m in self.metadata.items()}
-        tta = os.environ.get("AGEGENDER_TTA", "").strip()
-        self.flip = {task: bool(int(tta)) if tta in ("0", "1") else bool(m.get("tta_flip", True))
+        if tta is None and os.environ.get("AGEGENDER_TTA", "").strip() in ("0", "1"):
+            tta = os.environ["AGEGENDER_TTA"].strip() == "1"
+        self.flip = {task: tta if tta is not None else bool(m.get("tta_flip", True))
                      for task, m in self.metadata.items()}
         self._lock = threading.Lock()
 

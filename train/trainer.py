@@ -22,6 +22,7 @@ import json
 import math
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -385,8 +386,6 @@ def export(model, task: str, size: int, config: dict, run_dir: Path, out_dir: Pa
 
 def publish_history(run_dir: Path, out_dir: Path, task: str, config: dict) -> None:
     """Copy a run's history and configuration next to the shipped models (for the dashboard and card)."""
-    import shutil
-
     out_dir.mkdir(parents=True, exist_ok=True)
     if (run_dir / "history.csv").is_file():
         shutil.copyfile(run_dir / "history.csv", out_dir / f"history_{task}.csv")
