@@ -50,3 +50,22 @@ def test_min_face_size_and_large_images(astronaut):
 
 def test_detector_built_once():
     assert get_detector() is get_detector()
+
+
+def test_detector_matches_stock_mtcnn(astronaut):
+    """Our PNet pyramid (OpenCV) and single-tensor driver give mtcnn 1.0's own detections."""
+    from mtcnn import MTCNN
+
+    from core.detect import _run_mtcnn
+
+    stock = MTCNN(device="CPU:0")
+    for rgb in (astronaut, three_faces(astronaut), cv2.resize(astronaut, (300, 170))):
+        ours = _run_mtcnn(rgb, min_face_size=20, threshold_onet=0.8)
+        theirs = stock.detect_faces(rgb, min_face_size=20, threshold_onet=0.8)
+        assert len(ours) == len(theirs) > 0
+        key = lambda d: tuple(d["box"])  # noqa: E731
+        for a, b in zip(sorted(ours, key=key), sorted(theirs, key=key)):
+            np.testing.assert_allclose(a["box"], b["box"], atol=1.0)
+            assert abs(a["confidence"] - b["confidence"]) < 1e-3
+            for name in a["keypoints"]:
+                np.testing.assert_allclose(a["keypoints"][name], b["keypoints"][name], atol=1.0)

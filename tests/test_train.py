@@ -151,3 +151,24 @@ def test_evaluate_end_to_end_and_model_card(tmp_path, utk_dir, tiny_models):
     (folder / "metrics_test_chip.json").write_text(json.dumps(chip))
     card = build_card(folder)
     assert "## Test metrics" in card and str(chip["age_mae"]) in card and "From scratch" in card
+
+
+def test_training_continues_from_a_shipped_model_h5(tmp_path, utk_dir, tiny_models):
+    """``--init models/age_model.h5`` starts from every layer of an exported model (backbone and head)."""
+    import keras
+
+    from train.trainer import _is_keras_model_h5
+
+    assert _is_keras_model_h5(tiny_models / "age_model.h5")
+    assert not _is_keras_model_h5(tiny_models / "age_model.json")
+    run = tmp_path / "run"
+    assert train_main(["age", "--data-dir", str(utk_dir), "--schedule", "32:1", "--batch-size", "8",
+                       "--init", str(tiny_models / "age_model.h5"), "--freeze-blocks", "5", "--run-dir", str(run),
+                       "--out-dir", str(tmp_path / "models"), "--split-dir", str(tmp_path / "splits"),
+                       "--precision", "float32", "--no-cache"]) == 0
+    src = keras.models.load_model(tiny_models / "age_model.h5", compile=False)
+    new = keras.models.load_model(tmp_path / "models" / "age_model.h5", compile=False)
+    for a, b in zip(src.get_layer("conv3_1").get_weights(), new.get_layer("conv3_1").get_weights()):
+        np.testing.assert_array_equal(a, b)  # frozen, so still the shipped weights
+    assert not np.array_equal(src.get_layer("age_dense").get_weights()[0], new.get_layer("age_dense").get_weights()[0])
+    assert "age_model.h5" in json.loads((run / "config.json").read_text())["init_note"]

@@ -91,3 +91,27 @@ def test_preprocess_numpy_and_tensor_agree():
     np.testing.assert_allclose(a, b)
     np.testing.assert_allclose(a[0, 0, 0], x[0, 0, 0, ::-1].astype(np.float32) - np.array(VGGFACE_MEAN_BGR),
                                rtol=1e-6)
+
+
+def test_inference_copy_folds_batch_norm_without_changing_outputs():
+    import keras
+
+    from core.models import inference_copy
+    from train.model import build_model
+
+    keras.mixed_precision.set_global_policy("float32")
+    model = build_model("age", input_size=32)
+    rng = np.random.default_rng(0)
+    for layer in model.layers:  # non-trivial statistics, as after training
+        if isinstance(layer, keras.layers.BatchNormalization):
+            gamma, beta, mean, var = layer.get_weights()
+            layer.set_weights([rng.uniform(0.5, 1.5, gamma.shape), rng.normal(0, 0.2, beta.shape),
+                               rng.normal(0, 0.2, mean.shape), rng.uniform(0.5, 2.0, var.shape)])
+    x = rng.uniform(-120, 120, (4, 32, 32, 3)).astype(np.float32)
+    want = model(x, training=False).numpy()
+    folded = inference_copy(model)
+    assert not any(isinstance(layer, keras.layers.BatchNormalization) for layer in folded.layers)
+    np.testing.assert_allclose(folded(x, training=False).numpy(), want, rtol=1e-4, atol=1e-3)
+    bf16 = inference_copy(model, bfloat16=True)
+    assert bf16.get_layer("conv3_1").compute_dtype == "bfloat16" and bf16.output.dtype == "float32"
+    np.testing.assert_allclose(bf16(x, training=False).numpy(), want, rtol=0.1, atol=1.0)

@@ -66,7 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weight-decay", type=float, default=1e-4, help="AdamW decoupled weight decay")
     p.add_argument("--init", default="scratch",
                    help="scratch | vggface (rcmalli no-top weights from --vggface-weights) | PATH of a "
-                        "model.keras from an earlier run (e.g. the multitask backbone) or an rcmalli .h5")
+                        "model.keras from an earlier run (e.g. the multitask backbone), of a shipped model .h5 "
+                        "(continue training it) or of an rcmalli .h5")
     p.add_argument("--vggface-weights", default=os.environ.get("VGGFACE_WEIGHTS"),
                    help="rcmalli_vggface_tf_notop_vgg16.h5 (or set VGGFACE_WEIGHTS)")
     p.add_argument("--freeze-blocks", type=int, default=0, help="freeze VGG blocks 1..N")
@@ -126,7 +127,7 @@ def _initialise(model, init: str, vggface_weights: str | None, log) -> str:
     path = Path(init)
     if not path.is_file():
         raise FileNotFoundError(f"--init {init}: no such file")
-    if path.suffix == ".keras":
+    if path.suffix == ".keras" or _is_keras_model_h5(path):
         src = keras.models.load_model(path, compile=False)
         names = copy_weights_by_name(src, model)
         heads = [n for n in names if not n.startswith(("conv", "bn"))]
@@ -135,6 +136,18 @@ def _initialise(model, init: str, vggface_weights: str | None, log) -> str:
     names = load_vggface_weights(model, path)
     log(f"loaded VGGFace weights into {len(names)} layers from {path}")
     return f"VGGFace weights from {path.name} ({len(names)} layers)"
+
+
+def _is_keras_model_h5(path: Path) -> bool:
+    """True for a whole Keras model saved as ``.h5`` (e.g. a shipped ``models/age_model.h5``), as opposed to a
+    weights-only file such as the rcmalli VGGFace one."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            return "model_config" in f.attrs
+    except OSError:
+        return False
 
 
 def copy_weights_by_name(src, dst) -> list[str]:
