@@ -106,3 +106,19 @@ def test_dashboard_builds_charts_from_a_models_folder(app_env):
     # tiny models: loss + metric of the selected run, and the comparison of the two runs; no evaluation yet
     assert len(at.get("plotly_chart")) == 3
     assert any("No evaluation yet" in i.value for i in at.info)
+
+
+def test_history_charts_mark_training_stages():
+    import pandas as pd
+
+    from ui import charts
+
+    df = pd.DataFrame({"stage": [1, 1, 2, 2, 2], "epoch": [0, 1, 2, 3, 4], "loss": [90, 60, 55, 50, 48],
+                       "val_loss": [80, 70, 72, 66, 65], "mae": [7, 6, 5.9, 5.6, 5.4],
+                       "val_mae": [6.5, 6.1, 6.2, 5.9, 5.8]})
+    df["epoch"] += 1
+    for fig in (charts.loss_figure(df, "age"), charts.metric_figure(df, "age")):
+        notes = [a.text for a in fig.layout.annotations]
+        assert "stage 2" in notes and "best epoch 5" in notes and "stage 1" not in notes
+    plain = charts.loss_figure(df.drop(columns="stage"), "age")
+    assert [a.text for a in plain.layout.annotations] == ["best epoch 5"]

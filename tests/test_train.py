@@ -154,21 +154,38 @@ def test_evaluate_end_to_end_and_model_card(tmp_path, utk_dir, tiny_models):
 
 
 def test_training_continues_from_a_shipped_model_h5(tmp_path, utk_dir, tiny_models):
-    """``--init models/age_model.h5`` starts from every layer of an exported model (backbone and head)."""
+    """``--init models/age_model.h5 --out-dir models`` continues the exported model (backbone and head) and
+    its published history: stages 1 and 2 in one file, the same when published again."""
+    import shutil
+
     import keras
 
-    from train.trainer import _is_keras_model_h5
+    from train.trainer import _is_keras_model_h5, publish_history
 
-    assert _is_keras_model_h5(tiny_models / "age_model.h5")
-    assert not _is_keras_model_h5(tiny_models / "age_model.json")
+    shipped = tmp_path / "models"
+    shutil.copytree(tiny_models, shipped)
+    assert _is_keras_model_h5(shipped / "age_model.h5")
+    assert not _is_keras_model_h5(shipped / "age_model.json")
+    src = keras.models.load_model(shipped / "age_model.h5", compile=False)
     run = tmp_path / "run"
     assert train_main(["age", "--data-dir", str(utk_dir), "--schedule", "32:1", "--batch-size", "8",
-                       "--init", str(tiny_models / "age_model.h5"), "--freeze-blocks", "5", "--run-dir", str(run),
-                       "--out-dir", str(tmp_path / "models"), "--split-dir", str(tmp_path / "splits"),
+                       "--init", str(shipped / "age_model.h5"), "--freeze-blocks", "5", "--run-dir", str(run),
+                       "--out-dir", str(shipped), "--split-dir", str(tmp_path / "splits"),
                        "--precision", "float32", "--no-cache"]) == 0
-    src = keras.models.load_model(tiny_models / "age_model.h5", compile=False)
-    new = keras.models.load_model(tmp_path / "models" / "age_model.h5", compile=False)
+    new = keras.models.load_model(shipped / "age_model.h5", compile=False)
     for a, b in zip(src.get_layer("conv3_1").get_weights(), new.get_layer("conv3_1").get_weights()):
         np.testing.assert_array_equal(a, b)  # frozen, so still the shipped weights
     assert not np.array_equal(src.get_layer("age_dense").get_weights()[0], new.get_layer("age_dense").get_weights()[0])
     assert "age_model.h5" in json.loads((run / "config.json").read_text())["init_note"]
+    rows = list(csv.DictReader((shipped / "history_age.csv").open()))
+    assert [(r["stage"], r["epoch"]) for r in rows] == [("1", "0"), ("2", "1")]
+    record = json.loads((shipped / "age_run.json").read_text())
+    assert record["parent_run"]["schedule"] == "32:1" and record["init"].endswith("age_model.h5")
+    history = (shipped / "history_age.csv").read_text()
+    publish_history(run, shipped, "age", json.loads((run / "config.json").read_text()))  # over its own files
+    assert (shipped / "history_age.csv").read_text() == history
+    assert json.loads((shipped / "age_run.json").read_text())["parent_run"] == record["parent_run"]
+    from train.card import build_card
+
+    card = build_card(shipped)
+    assert "- age model, stage 1: from scratch" in card and "- age model, stage 2: backbone and head from" in card

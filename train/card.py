@@ -81,8 +81,14 @@ def build_card(directory: Path) -> str:
                    f"policy {backbone.get('policy')}."
                    + (f" Note: {backbone['note']}." if backbone.get("note") else ""))
     for task, run in runs.items():
-        out.append(f"- {task} model: {run.get('init_note')}; blocks 1-{run.get('freeze_blocks')} frozen; schedule "
-                   f"`{run.get('schedule')}`, lr {run.get('lr')}, policy {run.get('policy')}.")
+        stages = []
+        while run:  # a model trained further from an earlier export keeps that run under ``parent_run``
+            stages.insert(0, run)
+            run = run.get("parent_run")
+        for k, stage in enumerate(stages, 1):
+            label = f"{task} model" + (f", stage {k}" if len(stages) > 1 else "")
+            out.append(f"- {label}: {stage.get('init_note')}; blocks 1-{stage.get('freeze_blocks')} frozen; "
+                       f"schedule `{stage.get('schedule')}`, peak lr {stage.get('lr')}, policy {stage.get('policy')}.")
     for task, h in hist.items():
         out.append(f"- Training history `{task}`: {h['epochs']} epochs at sizes {h.get('sizes')}, "
                    f"{h.get('train_minutes')} min, median {h.get('images_per_s')} training images/s "

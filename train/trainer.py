@@ -398,8 +398,41 @@ def export(model, task: str, size: int, config: dict, run_dir: Path, out_dir: Pa
 
 
 def publish_history(run_dir: Path, out_dir: Path, task: str, config: dict) -> None:
-    """Copy a run's history and configuration next to the shipped models (for the dashboard and card)."""
+    """Copy a run's history and configuration next to the shipped models (for the dashboard and card).
+
+    A run that continued an exported model (``--init models/<task>_model.h5``) is one stage of that model's
+    training: the published history is the earlier stages' history followed by this run's epochs (numbered
+    on), with a ``stage`` column, and the run record keeps the earlier record under ``parent_run``.
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
+    parent_run, parent_history = _parent_stage(run_dir, config.get("init") or "", task)
+    record = {**config, "parent_run": parent_run} if parent_run else config
     if (run_dir / "history.csv").is_file():
-        shutil.copyfile(run_dir / "history.csv", out_dir / f"history_{task}.csv")
-    (out_dir / f"{task}_run.json").write_text(json.dumps(config, indent=2))
+        import pandas as pd
+
+        history = pd.read_csv(run_dir / "history.csv")
+        if parent_history is not None:
+            before = pd.read_csv(parent_history)
+            if "stage" not in before.columns:
+                before.insert(0, "stage", 1)
+            history.insert(0, "stage", int(before["stage"].max()) + 1)
+            history["epoch"] += int(before["epoch"].max()) + 1
+            history = pd.concat([before, history], ignore_index=True)
+        history.to_csv(out_dir / f"history_{task}.csv", index=False)
+    (out_dir / f"{task}_run.json").write_text(json.dumps(record, indent=2))
+
+
+def _parent_stage(run_dir: Path, init: str, task: str) -> tuple[dict | None, Path | None]:
+    """Run record and history of the exported model a run started from, if any.
+
+    Both are copied into the run folder the first time (``parent_run.json``, ``parent_history.csv``), so
+    publishing again, even over the parent's own files, gives the same result.
+    """
+    snap_run, snap_history = run_dir / "parent_run.json", run_dir / "parent_history.csv"
+    source = Path(init)
+    if not snap_run.is_file() and source.suffix == ".h5" and source.is_file() and _is_keras_model_h5(source):
+        for name, snap in ((f"{task}_run.json", snap_run), (f"history_{task}.csv", snap_history)):
+            if (source.parent / name).is_file():
+                shutil.copyfile(source.parent / name, snap)
+    return (json.loads(snap_run.read_text()) if snap_run.is_file() else None,
+            snap_history if snap_history.is_file() else None)

@@ -40,12 +40,27 @@ def _mark_best(fig: go.Figure, df: pd.DataFrame) -> None:
                       annotation_text=f"best epoch {best}", annotation_position="top left")
 
 
+def _mark_stages(fig: go.Figure, df: pd.DataFrame) -> None:
+    """A line where each later training stage starts (a model trained further from an earlier export)."""
+    if "stage" not in df.columns:
+        return
+    starts = df.groupby("stage")["epoch"].min().sort_index()
+    for stage, epoch in list(starts.items())[1:]:
+        fig.add_vline(x=epoch - 0.5, line_dash="dash", line_color="gray",
+                      annotation_text=f"stage {int(stage)}", annotation_position="bottom right")
+
+
+def _mark(fig: go.Figure, df: pd.DataFrame) -> None:
+    _mark_stages(fig, df)
+    _mark_best(fig, df)
+
+
 def loss_figure(df: pd.DataFrame, title: str) -> go.Figure:
     fig = go.Figure()
     for col, name in (("loss", "training loss"), ("val_loss", "validation loss")):
         if col in df.columns:
             fig.add_trace(go.Scatter(x=df["epoch"], y=df[col], mode="lines+markers", name=name))
-    _mark_best(fig, df)
+    _mark(fig, df)
     fig.update_layout(title=title, xaxis_title="epoch", yaxis_title="loss", hovermode="x unified",
                       margin={"t": 50, "b": 40})
     return fig
@@ -61,7 +76,7 @@ def metric_figure(df: pd.DataFrame, title: str) -> go.Figure:
         fig.add_trace(go.Scatter(x=df["epoch"], y=df["val_gender_accuracy"], name="validation gender accuracy",
                                  mode="lines+markers", yaxis="y2"))
         fig.update_layout(yaxis2={"title": "gender accuracy", "overlaying": "y", "side": "right"})
-    _mark_best(fig, df)
+    _mark(fig, df)
     fig.update_layout(title=title, xaxis_title="epoch", yaxis_title=label, hovermode="x unified",
                       margin={"t": 50, "b": 40})
     return fig
