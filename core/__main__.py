@@ -3,7 +3,8 @@
 Without ``--output`` it prints a table of faces per photo (or JSON with ``--json``). With ``--output`` it
 writes one row per face (CSV or JSON Lines, by the file's extension or ``--format``) with a progress bar on
 stderr; photos without a face get a ``no_face`` row and unreadable files an ``error`` row, and the run goes
-on. Several images go through the models per call (``--batch-size``).
+on. Several images go through the models per call (``--batch-size``); ``--no-flip`` skips the test-time
+flipped copy for about twice the throughput at slightly lower accuracy (README, "Speed").
 
 Exit status: 0, or 1 if any input could not be read, or 2 if the models are missing.
 """
@@ -97,16 +98,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-align", action="store_true", help="do not rotate faces to level the eyes")
     parser.add_argument("--no-detect", action="store_true", help="each image is already a cropped face")
     parser.add_argument("--models-dir", help="folder with age_model.h5 / gender_model.h5 (default models/)")
+    parser.add_argument("--no-flip", action="store_true",
+                        help="skip the test-time horizontally flipped copy: about 2x faster models, slightly "
+                             "less accurate")
     args = parser.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
     from core import AgeGenderError, ModelNotFound
     from core.image import MAX_BYTES
-    from core.models import load_models
+    from core.models import AgeGenderModels, load_models
     from core.pipeline import analyze_many
 
     try:
-        models = load_models(args.models_dir)
+        models = AgeGenderModels(args.models_dir, tta=False) if args.no_flip else load_models(args.models_dir)
     except ModelNotFound as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -73,3 +73,17 @@ def test_batch_csv_and_jsonl_over_folder_and_zip(tmp_path, astronaut_jpeg, tiny_
     assert res.returncode == 0
     lines = [json.loads(line) for line in out_jsonl.read_text().splitlines()]
     assert len(lines) == 1 and lines[0]["status"] == "ok" and "female_probability" in lines[0]
+
+
+def test_no_flip_gives_the_library_result_without_test_time_flip(tmp_path, astronaut_jpeg, tiny_models):
+    import core
+    from core.models import AgeGenderModels
+
+    photo = tmp_path / "astronaut.jpg"
+    photo.write_bytes(astronaut_jpeg)
+    out = run_cli(str(photo), "--json", "--no-flip", models=tiny_models)
+    assert out.returncode == 0, out.stderr
+    face = json.loads(out.stdout)[0]["faces"][0]
+    plain = core.analyze(astronaut_jpeg, models=AgeGenderModels(tiny_models, tta=False))[0]
+    assert abs(face["age"] - plain.age) < 0.01
+    assert abs(face["female_probability"] - plain.female_probability) < 1e-3
