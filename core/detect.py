@@ -52,74 +52,35 @@ class Detection:
 def get_detector():
     """The process-wide MTCNN instance (weights ship inside the ``mtcnn`` package).
 
-    Its PNet stage is :func:`_pyramid_pnet_stage`'s; RNet and ONet are mtcnn's own. Every network runs as a
-    ``tf.function``: mtcnn 1.0 calls them eagerly, once per pyramid level, which made them about 4x slower
-    at 240p and 1.5x at 1080p (python -m bench).
+    Every network runs as a ``tf.function``: mtcnn 1.0 calls them eagerly, once per pyramid level, which
+    made them about 4x slower at 240p and 1.5x at 1080p (python -m bench).
     """
     import tensorflow as tf
     from mtcnn import MTCNN
-    from mtcnn.stages import StageONet, StageRNet
 
-    detector = MTCNN(stages=[_pyramid_pnet_stage(), StageRNet, StageONet], device="CPU:0")
+    detector = MTCNN(device="CPU:0")
     for stage in detector.stages:  # mtcnn 1.0.0 keeps each stage's network in ``_model``
         stage._model = tf.function(stage.model, reduce_retracing=True, autograph=False)
     return detector
-
-
-def _pyramid_pnet_stage():
-    """mtcnn's PNet stage with the image pyramid built by OpenCV.
-
-    mtcnn 1.0 builds each pyramid level with ``tf.image.resize(..., AREA)`` from a NumPy image, converting
-    (copying) the whole image to a tensor once per level; that was the largest single cost of detection
-    at 720p. ``cv2.resize`` with ``INTER_AREA`` computes the same area average, at the same truncated
-    level sizes, from the array in place. Proposals, NMS and the square boxes use mtcnn's own functions
-    with its default parameters, so the stage's output is the same up to float rounding (tested).
-    """
-    from mtcnn.stages import StagePNet
-    from mtcnn.utils.bboxes import generate_bounding_box, resize_to_square, smart_nms_from_bboxes, upscale_bboxes
-    from mtcnn.utils.images import build_scale_pyramid
-
-    class PyramidPNet(StagePNet):
-        def __call__(self, images_normalized, images_oshapes, min_face_size=20, min_size=12,
-                     scale_factor=0.709, threshold_pnet=0.6, nms_pnet1=0.5, nms_pnet2=0.7, **kwargs):
-            image = np.asarray(images_normalized[0], np.float32)  # one image per call (see _run_mtcnn)
-            h, w = image.shape[:2]
-            proposals = []
-            for scale in build_scale_pyramid(w, h, min_face_size=min_face_size, scale_factor=scale_factor,
-                                             min_size=min_size):
-                size = (int(w * scale), int(h * scale))  # truncated, like mtcnn's tf.image.resize sizes
-                level = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
-                regression, scores = self._model(level[None])
-                boxes = upscale_bboxes(generate_bounding_box(regression, scores, threshold_pnet), np.asarray([scale]))
-                proposals.append(smart_nms_from_bboxes(boxes, threshold=nms_pnet1, method="union",
-                                                       initial_sort=False))
-            boxes = np.concatenate(proposals, axis=0) if proposals else np.empty((0, 6))
-            boxes = smart_nms_from_bboxes(boxes, threshold=nms_pnet2, method="union", initial_sort=True)
-            return resize_to_square(boxes)
-
-    return PyramidPNet()
 
 
 def _run_mtcnn(rgb: np.ndarray, *, min_face_size: float, threshold_onet: float) -> list[dict]:
     """MTCNN's three stages on one RGB image; mtcnn's JSON-style dicts (box x, y, w, h; keypoints).
 
     The same steps as ``MTCNN.detect_faces`` for one image, except that the normalised image becomes a
-    tensor once, for RNet's and ONet's patch extraction, instead of once per stage call.
+    tensor once. ``detect_faces`` hands the stages a NumPy array, which TensorFlow copies into a new
+    tensor for every pyramid level and every patch extraction; at 720p that cost more than PNet itself.
     """
     import tensorflow as tf
     from mtcnn.utils.bboxes import limit_bboxes, to_json
 
-    pnet, rnet, onet = get_detector().stages
-    image = ((rgb.astype(np.float32) - 127.5) / 128.0)[None]  # mtcnn's normalisation, to [-1, 1]
+    image = tf.convert_to_tensor(((rgb.astype(np.float32) - 127.5) / 128.0)[None])  # mtcnn's [-1, 1]
     shapes = np.asarray([rgb.shape])
     params = {"min_face_size": min_face_size, "threshold_onet": threshold_onet}
+    boxes = None
     try:
-        boxes = pnet(images_normalized=image, images_oshapes=shapes, **params)
-        if len(boxes) == 0:
-            return []
-        tensor = tf.convert_to_tensor(image)
-        for stage in (rnet, onet):
-            boxes = stage(images_normalized=tensor, bboxes_batch=boxes, images_oshapes=shapes, **params)
+        for stage in get_detector().stages:
+            boxes = stage(bboxes_batch=boxes, images_normalized=image, images_oshapes=shapes, **params)
             if len(boxes) == 0:
                 return []
     except tf.errors.InvalidArgumentError:  # mtcnn's way of saying "no face" in some corner cases

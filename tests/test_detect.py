@@ -53,7 +53,7 @@ def test_detector_built_once():
 
 
 def test_detector_matches_stock_mtcnn(astronaut):
-    """Our PNet pyramid (OpenCV) and single-tensor driver give mtcnn 1.0's own detections."""
+    """Our single-tensor driver of the three stages gives mtcnn 1.0's own detections."""
     from mtcnn import MTCNN
 
     from core.detect import _run_mtcnn
