@@ -1,0 +1,32 @@
+"""The speed probe used by ``python -m bench.ab`` (timings are not asserted: machines here are noisy)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_probe_times_photos_and_chips_with_the_core_on_its_path(tmp_path, astronaut_jpeg, astronaut_chip,
+                                                                tiny_models):
+    from conftest import encode
+
+    photo = tmp_path / "photo.jpg"
+    photo.write_bytes(astronaut_jpeg)
+    chips = []
+    for i in range(3):
+        chips.append(tmp_path / f"chip{i}.jpg")
+        chips[-1].write_bytes(encode(astronaut_chip, "JPEG"))
+    manifest = tmp_path / "manifest.json"
+    manifest.write_text(json.dumps({"astronaut": str(photo), "chips": [str(c) for c in chips]}))
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "AGEGENDER_MODELS_DIR": str(tiny_models)}
+    r = subprocess.run([sys.executable, str(ROOT / "bench" / "probe.py"), str(manifest), "2"], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    result = json.loads(r.stdout.strip().splitlines()[-1])
+    assert set(result) == {"astronaut_ms", "chips_per_s"}
+    assert result["astronaut_ms"] > 0 and result["chips_per_s"] > 0
