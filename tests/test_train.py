@@ -146,6 +146,13 @@ def test_evaluate_end_to_end_and_model_card(tmp_path, utk_dir, tiny_models):
     errors = [abs(p["pred_age"] - p["age"]) for p in chip["predictions"]]
     assert chip["age_mae"] == pytest.approx(np.mean(errors), abs=0.01)
     assert detect["n"] + detect["no_face"] == 6
+    from core.models import AgeGenderModels
+    from train.data import load_chips
+
+    plain = evaluate(utk_dir, samples[:12], detect=False, models_dir=str(tiny_models), flip=False, progress=False)
+    unflipped = AgeGenderModels(tiny_models, tta=False).predict({32: load_chips(utk_dir, samples[:12], 32)})
+    assert chip["flip"] and not plain["flip"]
+    np.testing.assert_allclose([p["pred_age"] for p in plain["predictions"]], unflipped.ages, atol=0.01)
     folder = tmp_path / "models"
     shutil.copytree(tiny_models, folder)
     (folder / "metrics_test_chip.json").write_text(json.dumps(chip))

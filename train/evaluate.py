@@ -56,14 +56,14 @@ def compute_metrics(true_age, pred_age, true_female, p_female, race, low, high) 
     }
 
 
-def evaluate(data_dir: Path, samples: list[Sample], *, detect: bool, models_dir: str | None = None,
+def evaluate(data_dir: Path, samples: list[Sample], *, detect: bool, models_dir: str | None = None, flip: bool = True,
              batch_size: int = 64, progress: bool = True) -> dict:
     from tqdm import tqdm
 
     import core
-    from core.models import load_models
+    from core.models import AgeGenderModels, load_models
 
-    models = load_models(models_dir)
+    models = load_models(models_dir) if flip else AgeGenderModels(models_dir, tta=False)
     pred_age, p_female, kept, missed = [], [], [], []
     started = time.perf_counter()
     if detect:
@@ -89,6 +89,7 @@ def evaluate(data_dir: Path, samples: list[Sample], *, detect: bool, models_dir:
                               [s.race for s in kept], [r[0] for r in ranges], [r[1] for r in ranges])
     metrics.update({
         "mode": "detect" if detect else "chip",
+        "flip": flip,
         "no_face": len(missed),
         "no_face_examples": missed[:10],
         "images_per_s": round(len(samples) / max(seconds, 1e-9), 2),
@@ -120,6 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--split-dir", type=Path, default=DEFAULT_SPLIT_DIR)
     parser.add_argument("--detect", action="store_true", help="run the full app pipeline (MTCNN + crop)")
     parser.add_argument("--models-dir", help="default models/")
+    parser.add_argument("--no-flip", action="store_true", help="without the test-time flipped copy")
     parser.add_argument("--limit", type=int, help="score only the first N samples")
     parser.add_argument("--json", type=Path, help="write the metrics (and per-image predictions) here")
     args = parser.parse_args(argv)
@@ -138,7 +140,8 @@ def main(argv: list[str] | None = None) -> int:
     if not samples:
         print(f"error: no UTKFace-named images to score in {args.data_dir}", file=sys.stderr)
         return 2
-    metrics = evaluate(args.data_dir, samples, detect=args.detect, models_dir=args.models_dir)
+    metrics = evaluate(args.data_dir, samples, detect=args.detect, models_dir=args.models_dir,
+                       flip=not args.no_flip)
     metrics["split"] = args.split
     print(format_report(metrics))
     if args.json:
