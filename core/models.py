@@ -93,16 +93,13 @@ def inference_copy(model, *, bfloat16: bool = False):
         return layer.__class__.from_config(config)
 
     copy = keras.models.clone_model(model, clone_function=clone)
+    batch_norms = {x.name: x for x in model.layers if isinstance(x, keras.layers.BatchNormalization)}
     for layer in copy.layers:
-        source = model.get_layer(layer.name)
         if not layer.weights:
             continue
-        weights = source.get_weights()
-        bn_name = "bn" + layer.name[len("conv"):] if layer.name.startswith("conv") else None
-        if bn_name and any(x.name == bn_name and isinstance(x, keras.layers.BatchNormalization)
-                           for x in model.layers):
-            weights = _fold_batch_norm(weights, model.get_layer(bn_name))
-        layer.set_weights(weights)
+        weights = model.get_layer(layer.name).get_weights()
+        bn = batch_norms.get("bn" + layer.name.removeprefix("conv")) if layer.name.startswith("conv") else None
+        layer.set_weights(_fold_batch_norm(weights, bn) if bn is not None else weights)
     return copy
 
 
