@@ -17,11 +17,9 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -75,34 +73,18 @@ def run_json(cmd: list[str], timeout: int = 600) -> dict:
 
 
 def measure_ours(manifest: dict, repeats: int) -> dict:
-    import core
-    from core.models import AgeGenderModels, load_models
-    from core.pipeline import analyze_many
+    from bench.probe import chips_per_second, photo_latency
+    from core.models import load_models
 
     models = load_models()
     out: dict = {"latency_ms": {}, "faces": {}}
     for key, path in manifest.items():
-        if key == "chips":
-            continue
-        data = Path(path).read_bytes()
-        core.analyze(data, models=models)  # warm-up (traces the tf.function for this batch size)
-        times = []
-        for _ in range(repeats):
-            t = time.perf_counter()
-            faces = core.analyze(data, models=models)
-            times.append(time.perf_counter() - t)
-        out["latency_ms"][key] = round(statistics.median(times) * 1000, 2)
-        out["faces"][key] = len(faces)
+        if key != "chips":
+            out["latency_ms"][key], out["faces"][key] = photo_latency(Path(path).read_bytes(), models, repeats)
     chips = [(p, Path(p).read_bytes()) for p in manifest["chips"]]
-    list(analyze_many(chips[:64], detect=False, batch_size=64, models=models))  # warm-up
-    t = time.perf_counter()
-    n = sum(1 for _ in analyze_many(chips, detect=False, batch_size=64, models=models))
-    out["chips_per_s"] = round(n / (time.perf_counter() - t), 2)
-    fast = AgeGenderModels(tta=False)  # without the test-time flipped copy: half the model work
-    list(analyze_many(chips[:64], detect=False, batch_size=64, models=fast))
-    t = time.perf_counter()
-    n = sum(1 for _ in analyze_many(chips, detect=False, batch_size=64, models=fast))
-    out["chips_per_s_no_tta"] = round(n / (time.perf_counter() - t), 2)
+    out["chips_per_s"] = chips_per_second(chips, models)
+    # without the test-time flipped copy: half the model work
+    out["chips_per_s_no_tta"] = chips_per_second(chips, load_models(tta=False))
     return out
 
 

@@ -106,11 +106,11 @@ def main(argv: list[str] | None = None) -> int:
 
     from core import AgeGenderError, ModelNotFound
     from core.image import MAX_BYTES
-    from core.models import AgeGenderModels, load_models
+    from core.models import load_models
     from core.pipeline import analyze_many
 
     try:
-        models = AgeGenderModels(args.models_dir, tta=False) if args.no_flip else load_models(args.models_dir)
+        models = load_models(args.models_dir, tta=False if args.no_flip else None)
     except ModelNotFound as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

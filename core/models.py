@@ -207,13 +207,14 @@ class AgeGenderModels:
 
 
 @lru_cache(maxsize=4)
-def _cached(directory: str) -> AgeGenderModels:
-    return AgeGenderModels(directory)
+def _cached(directory: str, tta: bool | None) -> AgeGenderModels:
+    return AgeGenderModels(directory, tta=tta)
 
 
-def load_models(directory: str | Path | None = None) -> AgeGenderModels:
-    """The process-wide models for ``directory`` (default ``models/``), loaded on first use."""
-    return _cached(str(models_dir(directory).resolve()))
+def load_models(directory: str | Path | None = None, *, tta: bool | None = None) -> AgeGenderModels:
+    """The process-wide models for ``directory`` (default ``models/``), loaded on first use; ``tta`` as in
+    :class:`AgeGenderModels` (``False``: without the test-time flipped copy)."""
+    return _cached(str(models_dir(directory).resolve()), tta)
 
 
 def predict_crops(model, crops: np.ndarray, *, flip: bool = True, batch_size: int = 128) -> np.ndarray:

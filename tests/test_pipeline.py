@@ -99,3 +99,9 @@ def test_metadata_has_what_core_needs(tiny_models):
         assert meta["input_size"] == 32 and meta["task"] == task and "provenance" in meta
     bands = json.loads((tiny_models / "age_model.json").read_text())["age_intervals"]["bands"]
     assert bands[0]["low"] == 0 and all(b["q_low"] <= b["q_high"] for b in bands)
+
+
+def test_load_models_caches_each_flip_setting_once(tiny_models):
+    plain = load_models(tiny_models, tta=False)
+    assert plain is load_models(tiny_models, tta=False) and plain is not load_models(tiny_models)
+    assert plain.flip == {"age": False, "gender": False} and load_models(tiny_models).flip["age"]

@@ -61,9 +61,9 @@ def evaluate(data_dir: Path, samples: list[Sample], *, detect: bool, models_dir:
     from tqdm import tqdm
 
     import core
-    from core.models import AgeGenderModels, load_models
+    from core.models import load_models
 
-    models = load_models(models_dir) if flip else AgeGenderModels(models_dir, tta=False)
+    models = load_models(models_dir, tta=None if flip else False)
     pred_age, p_female, kept, missed = [], [], [], []
     started = time.perf_counter()
     if detect:
