@@ -55,10 +55,18 @@ def get_detector():
     Every network runs as a ``tf.function``: mtcnn 1.0 calls them eagerly, once per pyramid level, which
     made them about 4x slower at 240p and 1.5x at 1080p (python -m bench).
     """
+    import keras
     import tensorflow as tf
     from mtcnn import MTCNN
 
-    detector = MTCNN(device="CPU:0")
+    # MTCNN's networks are float32 Keras models: built under a global mixed_bfloat16 policy (as in training)
+    # they would compute in bf16, and mtcnn's box code then fails on bf16 arrays.
+    policy = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy("float32")
+    try:
+        detector = MTCNN(device="CPU:0")
+    finally:
+        keras.mixed_precision.set_global_policy(policy)
     for stage in detector.stages:  # mtcnn 1.0.0 keeps each stage's network in ``_model``
         stage._model = tf.function(stage.model, reduce_retracing=True, autograph=False)
     return detector

@@ -69,3 +69,22 @@ def test_detector_matches_stock_mtcnn(astronaut):
             assert abs(a["confidence"] - b["confidence"]) < 1e-3
             for name in a["keypoints"]:
                 np.testing.assert_allclose(a["keypoints"][name], b["keypoints"][name], atol=1.0)
+
+
+def test_detector_works_under_a_mixed_bfloat16_policy(astronaut):
+    """Training sets a global mixed_bfloat16 policy and then detects faces on its chips (``--crop aligned``):
+    MTCNN must still be built in float32 and find the same face."""
+    import keras
+
+    before = detect_faces(astronaut)[0]
+    previous = keras.mixed_precision.global_policy()
+    get_detector.cache_clear()
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        faces = detect_faces(astronaut)
+        assert keras.mixed_precision.global_policy().name == "mixed_bfloat16"  # the caller's policy is kept
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+        get_detector.cache_clear()
+    assert len(faces) == 1
+    np.testing.assert_allclose(faces[0].box, before.box, atol=1.0)

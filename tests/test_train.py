@@ -55,6 +55,34 @@ def test_split_keeps_duplicates_together(tmp_path, astronaut_chip):
     assert first == again
 
 
+def test_aligned_training_crops_are_the_apps_crops(tmp_path, astronaut_chip):
+    """``--crop aligned`` trains on what the app feeds the models: MTCNN's landmarks of the chip's face through
+    the one crop function; a chip without a detectable face falls back to the chip frame."""
+    from PIL import Image
+
+    from core.crop import crop_face
+    from core.detect import detect_faces
+    from core.image import load_image
+    from train.data import chip_landmarks, load_chips
+
+    make_utk_folder(tmp_path, astronaut_chip, n=3)
+    Image.fromarray(np.full((200, 200, 3), 128, np.uint8)).save(tmp_path / "30_0_0_20170119999999999.jpg.chip.jpg")
+    samples, _ = scan(tmp_path)
+    marks = chip_landmarks(tmp_path, samples, cache=False)
+    aligned = load_chips(tmp_path, samples, 48, cache=False, align=True)
+    plain = load_chips(tmp_path, samples, 48, cache=False)
+    for i, s in enumerate(samples):
+        rgb = load_image(tmp_path / s.name)
+        faces = detect_faces(rgb)
+        if s.name.startswith("30_0_0_2017011999"):
+            assert not faces and np.isnan(marks[i]).all()
+            np.testing.assert_array_equal(aligned[i], plain[i])
+        else:
+            np.testing.assert_allclose(marks[i], faces[0].landmark_array(), atol=1e-3)
+            np.testing.assert_array_equal(aligned[i], crop_face(rgb, faces[0].landmark_array(), 48))
+            assert not np.array_equal(aligned[i], plain[i])
+
+
 def test_metrics_equal_a_hand_computation():
     m = compute_metrics(true_age=[10, 30, 50, 70], pred_age=[12, 27, 50, 60],
                         true_female=[0, 1, 1, 0], p_female=[0.2, 0.4, 0.9, 0.6],

@@ -124,22 +124,52 @@ def load_or_make_split(data_dir: Path, split_dir: Path = DEFAULT_SPLIT_DIR, *, s
     return result
 
 
-def load_chips(data_dir: Path, samples: list[Sample], size: int, *, cache: bool = True) -> np.ndarray:
-    """Decode chips and put each through :func:`core.crop.crop_face` -> (N, size, size, 3) uint8.
+def chip_landmarks(data_dir: Path, samples: list[Sample], *, cache: bool = True,
+                   progress: bool = False) -> np.ndarray:
+    """MTCNN landmarks of the largest face on each chip, exactly as the app detects it -> (N, 5, 2) float32,
+    NaN where no face is found. Cached in ``.cache/`` keyed by the file list."""
+    from core.detect import detect_faces
 
-    This is the exact decode + crop path of inference with ``detect=False``. Results are cached in
-    ``.cache/`` keyed by the file list and size.
-    """
-    key = hashlib.sha1(("\n".join(s.name for s in samples) + f"|{size}|{Path(data_dir).resolve()}").encode())
-    path = CACHE_DIR / f"chips_{size}_{key.hexdigest()[:16]}.npy"
+    key = hashlib.sha1(("\n".join(s.name for s in samples) + f"|{Path(data_dir).resolve()}").encode())
+    path = CACHE_DIR / f"landmarks_{key.hexdigest()[:16]}.npy"
     if cache and path.is_file():
         return np.load(path)
+    out = np.full((len(samples), 5, 2), np.nan, np.float32)
+    for i, sample in enumerate(samples):
+        faces = detect_faces(load_image(Path(data_dir) / sample.name))
+        if faces:
+            out[i] = faces[0].landmark_array()
+        if progress and (i + 1) % 1000 == 0:
+            print(f"landmarks: {i + 1}/{len(samples)}", flush=True)
+    if cache:
+        CACHE_DIR.mkdir(exist_ok=True)
+        np.save(path, out)
+    return out
 
-    def one(sample: Sample) -> np.ndarray:
-        return crop_face(load_image(Path(data_dir) / sample.name), None, size)
+
+def load_chips(data_dir: Path, samples: list[Sample], size: int, *, cache: bool = True,
+               align: bool = False) -> np.ndarray:
+    """Decode chips and put each through :func:`core.crop.crop_face` -> (N, size, size, 3) uint8.
+
+    ``align=False`` feeds the chip as it is (``landmarks=None``): the path of inference with
+    ``detect=False``. ``align=True`` is the app's path: MTCNN landmarks of the chip's face
+    (:func:`chip_landmarks`) onto the chip template, the chip frame where no face is found. Results are
+    cached in ``.cache/`` keyed by the file list, size and mode.
+    """
+    mode = "aligned" if align else "chip"
+    key = hashlib.sha1(("\n".join(s.name for s in samples) + f"|{size}|{Path(data_dir).resolve()}").encode())
+    path = CACHE_DIR / f"{'chips' if not align else mode}_{size}_{key.hexdigest()[:16]}.npy"
+    if cache and path.is_file():
+        return np.load(path)
+    marks = chip_landmarks(data_dir, samples, cache=cache, progress=True) if align else None
+
+    def one(i: int) -> np.ndarray:
+        lm = None if marks is None or np.isnan(marks[i]).any() else marks[i].astype(np.float64)
+        return crop_face(load_image(Path(data_dir) / samples[i].name), lm, size)
 
     with ThreadPoolExecutor(max_workers=2) as pool:
-        arr = np.stack(list(pool.map(one, samples))) if samples else np.zeros((0, size, size, 3), np.uint8)
+        arr = (np.stack(list(pool.map(one, range(len(samples))))) if samples
+               else np.zeros((0, size, size, 3), np.uint8))
     if cache:
         CACHE_DIR.mkdir(exist_ok=True)
         np.save(path, arr)

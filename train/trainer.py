@@ -71,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vggface-weights", default=os.environ.get("VGGFACE_WEIGHTS"),
                    help="rcmalli_vggface_tf_notop_vgg16.h5 (or set VGGFACE_WEIGHTS)")
     p.add_argument("--freeze-blocks", type=int, default=0, help="freeze VGG blocks 1..N")
+    p.add_argument("--crop", choices=("aligned", "chip"), default="aligned",
+                   help="aligned: each chip's face found by MTCNN and cropped onto the chip template, as the "
+                        "app does (default); chip: the chip as it is")
     p.add_argument("--patience", type=int, default=4, help="early stopping patience (epochs, final size)")
     p.add_argument("--run-dir", type=Path, help="default runs/<task>")
     p.add_argument("--out-dir", type=Path, default=DEFAULT_MODELS_DIR, help="where age/gender models go")
@@ -238,6 +241,7 @@ def train(args: argparse.Namespace) -> dict:
         for key in ("schedule", "batch_size", "lr", "warmup_epochs", "weight_decay", "freeze_blocks",
                     "seed", "limit", "precision", "init"):
             setattr(args, key, saved[key])
+        args.crop = saved.get("crop", "chip")
     keras.utils.set_random_seed(args.seed)
     policy = _set_precision(args.precision)
     phases = parse_schedule(args.schedule)
@@ -255,9 +259,9 @@ def train(args: argparse.Namespace) -> dict:
         "task": args.task, "data_dir": str(args.data_dir), "schedule": args.schedule,
         "batch_size": args.batch_size, "lr": args.lr, "warmup_epochs": args.warmup_epochs,
         "weight_decay": args.weight_decay, "init": args.init, "freeze_blocks": args.freeze_blocks,
-        "patience": args.patience, "seed": args.seed, "limit": args.limit, "precision": args.precision,
-        "policy": policy, "n_train": len(train_s), "n_val": len(val_s), "n_test": len(split["test"]),
-        "split_dir": str(args.split_dir),
+        "crop": args.crop, "patience": args.patience, "seed": args.seed, "limit": args.limit,
+        "precision": args.precision, "policy": policy, "n_train": len(train_s), "n_val": len(val_s),
+        "n_test": len(split["test"]), "split_dir": str(args.split_dir),
     }
 
     if resuming:
@@ -294,8 +298,9 @@ def train(args: argparse.Namespace) -> dict:
             continue
         final = index == len(phases) - 1
         log(f"phase {index + 1}/{len(phases)}: {size}px, epochs {max(epoch_start, epochs_done) + 1}-{epoch_end}")
-        x_train = load_chips(args.data_dir, train_s, size, cache=not args.no_cache)
-        x_val = load_chips(args.data_dir, val_s, size, cache=not args.no_cache)
+        align = args.crop == "aligned"
+        x_train = load_chips(args.data_dir, train_s, size, cache=not args.no_cache, align=align)
+        x_val = load_chips(args.data_dir, val_s, size, cache=not args.no_cache, align=align)
         train_ds = make_dataset(x_train, labels(train_s, args.task), batch_size=args.batch_size,
                                 training=True, seed=args.seed)
         val_ds = make_dataset(x_val, labels(val_s, args.task), batch_size=args.batch_size, training=False)
@@ -354,32 +359,46 @@ def calibrate_age_intervals(pred: np.ndarray, true: np.ndarray) -> dict:
 
 def export(model, task: str, size: int, config: dict, run_dir: Path, out_dir: Path, data_dir: Path,
            val_samples, log, *, cache: bool = True) -> dict:
-    """Save a float32 copy of ``model`` as ``<task>_model.h5`` plus metadata, history and run config."""
+    """Save a float32 copy of ``model`` as ``<task>_model.h5`` plus metadata, history and run config.
+
+    Validation numbers in the metadata come from the app's crop (MTCNN landmarks of each chip). An age model
+    is first calibrated on them (:mod:`train.calibrate`: a least-absolute-deviations line folded into the
+    head) and its age-range table is fitted on the calibrated predictions.
+    """
+    from train.calibrate import calibrate_age_model
     from train.model import build_model, compile_args
 
     keras.mixed_precision.set_global_policy("float32")
     clean = build_model(task)
     clean.set_weights(model.get_weights())
+    align = config.get("crop") == "aligned"
+    x_val = load_chips(data_dir, val_samples, size, cache=cache, align=True)
+    y = labels(val_samples, task)
+    calibration = None
+    if task == "age":
+        calibration = calibrate_age_model(clean, x_val, y)
+        pred = calibration.pop("_after")
+    else:
+        pred = predict_crops(clean, x_val, flip=True)
     clean.compile(optimizer="adam", loss=compile_args(task)["loss"])  # the loss reloads with the .h5
     out_dir.mkdir(parents=True, exist_ok=True)
     model_path = out_dir / MODEL_FILES[task]
     clean.save(model_path)
 
-    x_val = load_chips(data_dir, val_samples, size, cache=cache)
-    pred = predict_crops(clean, x_val, flip=True)
-    y = labels(val_samples, task)
     metadata: dict = {
         "task": task,
         "input_size": size,
         "preprocessing": "vggface_v1: RGB->BGR, minus mean (B, G, R) = (93.5940, 104.7624, 129.1863)",
         "crop": "core.crop.crop_face: similarity transform onto the UTKFace chip landmark template",
+        "training_crop": ("MTCNN landmarks of each chip onto the template (the app's crop)" if align
+                          else "the chip as it is"),
         "tta_flip": True,
         "output": "age in years" if task == "age" else "probability that the face is female (UTKFace label 1)",
         "validation": {},
         "provenance": {
             "dataset": "UTKFace aligned & cropped (non-commercial research licence)",
             "initialisation": config.get("init_note"),
-            "run": {k: config[k] for k in ("schedule", "batch_size", "lr", "freeze_blocks", "policy",
+            "run": {k: config.get(k) for k in ("schedule", "batch_size", "lr", "freeze_blocks", "crop", "policy",
                                            "n_train", "n_val", "n_test")},
             "exported": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "git_commit": _git_commit(),
@@ -387,10 +406,12 @@ def export(model, task: str, size: int, config: dict, run_dir: Path, out_dir: Pa
         },
     }
     if task == "age":
-        metadata["validation"] = {"mae": round(float(np.mean(np.abs(pred - y))), 3), "n": len(y)}
+        metadata["validation"] = {"mae": round(float(np.mean(np.abs(pred - y))), 3), "n": len(y), "crop": "app"}
+        metadata["calibration"] = calibration
         metadata["age_intervals"] = calibrate_age_intervals(pred, y)
     else:
-        metadata["validation"] = {"accuracy": round(float(np.mean((pred >= 0.5) == (y >= 0.5))), 4), "n": len(y)}
+        metadata["validation"] = {"accuracy": round(float(np.mean((pred >= 0.5) == (y >= 0.5))), 4), "n": len(y),
+                                  "crop": "app"}
     model_path.with_suffix(".json").write_text(json.dumps(metadata, indent=2))
     publish_history(run_dir, out_dir, task, config)
     log(f"exported {model_path}: validation {metadata['validation']}")

@@ -1,0 +1,114 @@
+"""Calibrate an exported age model on the validation split, through the app's crop.
+
+    python -m train.calibrate --data-dir ../shared/data/utkface [--models-dir models]
+
+A network trained with MSE predicts the conditional *mean* age; the product reports mean absolute error,
+which the conditional *median* minimises, and UTKFace ages are skewed. A straight line
+``age' = scale * age + offset`` fitted by least absolute deviations on validation predictions moves one
+towards the other. It is folded into the weights of the age head (``age_dense``), so the ``.h5`` itself
+outputs calibrated years: nothing changes in ``core`` and the test-time flip average stays exact. The age
+range table is then recalibrated on the calibrated predictions. ``export`` (``python -m train age``) runs
+the same steps; this command applies them to a model exported earlier. Validation predictions use the
+app's crop (MTCNN landmarks of each chip, see :func:`train.data.load_chips`), as the app will see faces.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from train.model import AGE_MEAN, AGE_STD
+
+
+def fit_affine_l1(pred: np.ndarray, true: np.ndarray, *, iterations: int = 100) -> tuple[float, float]:
+    """``(scale, offset)`` minimising ``mean |scale * pred + offset - true|`` (iteratively reweighted least
+    squares; deterministic)."""
+    pred, true = np.asarray(pred, np.float64), np.asarray(true, np.float64)
+    design = np.c_[pred, np.ones_like(pred)]
+    weights = np.ones_like(pred)
+    coef = np.array([1.0, 0.0])
+    for _ in range(iterations):
+        coef = np.linalg.lstsq(design * weights[:, None], true * weights, rcond=None)[0]
+        weights = 1.0 / np.sqrt(np.maximum(np.abs(true - design @ coef), 1e-3))
+    return float(coef[0]), float(coef[1])
+
+
+def fold_age_affine(model, scale: float, offset: float) -> None:
+    """Make ``model`` output ``scale * age + offset`` by changing its ``age_dense`` kernel and bias.
+
+    The head is ``age = AGE_STD * (w . x + b) + AGE_MEAN``; the new weights are ``scale * w`` and
+    ``scale * b + (AGE_MEAN * (scale - 1) + offset) / AGE_STD``.
+    """
+    layer = model.get_layer("age_dense")
+    kernel, bias = layer.get_weights()
+    layer.set_weights([kernel * scale,
+                       bias * scale + (AGE_MEAN * (scale - 1.0) + offset) / AGE_STD])
+
+
+def calibrate_age_model(model, x_val: np.ndarray, y_val: np.ndarray, *, previous: dict | None = None) -> dict:
+    """Fit the line on ``model``'s validation predictions (with the flip), fold it in; return the record.
+
+    ``previous``: the calibration already folded into the model, composed with the new one in the record.
+    """
+    from core.models import predict_crops
+
+    before = predict_crops(model, x_val, flip=True)
+    scale, offset = fit_affine_l1(before, y_val)
+    fold_age_affine(model, scale, offset)
+    after = predict_crops(model, x_val, flip=True)
+    if previous:
+        scale, offset = scale * previous["scale"], scale * previous["offset"] + offset
+    return {"scale": round(scale, 5), "offset": round(offset, 4),
+            "fitted_on": f"validation split, app crops (n={len(y_val)}), least absolute deviations",
+            "validation_mae_before": round(float(np.mean(np.abs(before - y_val))), 3),
+            "validation_mae_after": round(float(np.mean(np.abs(after - y_val))), 3),
+            "_after": after}
+
+
+def main(argv: list[str] | None = None) -> int:
+    import keras
+
+    from core.models import DEFAULT_MODELS_DIR, MODEL_FILES, read_metadata
+    from train.data import DEFAULT_SPLIT_DIR, labels, load_chips, load_or_make_split
+    from train.model import compile_args
+    from train.trainer import calibrate_age_intervals
+
+    parser = argparse.ArgumentParser(prog="python -m train.calibrate", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data-dir", type=Path, required=True)
+    parser.add_argument("--models-dir", type=Path, default=DEFAULT_MODELS_DIR)
+    parser.add_argument("--split-dir", type=Path, default=DEFAULT_SPLIT_DIR)
+    args = parser.parse_args(argv)
+
+    path = args.models_dir / MODEL_FILES["age"]
+    if not path.is_file():
+        print(f"error: no age model at {path}", file=sys.stderr)
+        return 2
+    metadata = read_metadata(path)
+    val = load_or_make_split(args.data_dir, args.split_dir)["val"]
+    if not val:
+        print(f"error: no validation samples of the saved split in {args.data_dir}", file=sys.stderr)
+        return 2
+    model = keras.models.load_model(path, compile=False)
+    x_val = load_chips(args.data_dir, val, metadata["input_size"], align=True)
+    y_val = labels(val, "age")
+    record = calibrate_age_model(model, x_val, y_val, previous=metadata.get("calibration"))
+    after = record.pop("_after")
+    model.compile(optimizer="adam", loss=compile_args("age")["loss"])  # the loss reloads with the .h5
+    model.save(path)
+    metadata["calibration"] = record
+    metadata["validation"] = {"mae": record["validation_mae_after"], "n": len(y_val), "crop": "app"}
+    metadata["age_intervals"] = calibrate_age_intervals(after, y_val)
+    path.with_suffix(".json").write_text(json.dumps(metadata, indent=2))
+    print(f"{path}: age' = {record['scale']} * age + {record['offset']}; validation MAE "
+          f"{record['validation_mae_before']} -> {record['validation_mae_after']}; range coverage "
+          f"{metadata['age_intervals']['coverage_validation']:.1%}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
