@@ -359,7 +359,17 @@ def calibrate_age_intervals(pred: np.ndarray, true: np.ndarray) -> dict:
 
 def export(model, task: str, size: int, config: dict, run_dir: Path, out_dir: Path, data_dir: Path,
            val_samples, log, *, cache: bool = True) -> dict:
-    """Save a float32 copy of ``model`` as ``<task>_model.h5`` plus metadata, history and run config.
+    """Save a float32 copy of ``model`` as ``<task>_model.h5`` with its metadata (:func:`save_model`), then
+    the run's history and configuration next to it."""
+    metadata = save_model(model, task, size, config, out_dir, data_dir, val_samples, cache=cache)
+    publish_history(run_dir, out_dir, task, config)
+    log(f"exported {out_dir / MODEL_FILES[task]}: validation {metadata['validation']}")
+    return metadata
+
+
+def save_model(model, task: str, size: int, config: dict, out_dir: Path, data_dir: Path, val_samples, *,
+               cache: bool = True) -> dict:
+    """Save a float32 copy of ``model`` as ``<task>_model.h5`` plus ``<task>_model.json`` metadata.
 
     Validation numbers in the metadata come from the app's crop (MTCNN landmarks of each chip). An age model
     is first calibrated on them (:mod:`train.calibrate`: a least-absolute-deviations line folded into the
@@ -413,8 +423,6 @@ def export(model, task: str, size: int, config: dict, run_dir: Path, out_dir: Pa
         metadata["validation"] = {"accuracy": round(float(np.mean((pred >= 0.5) == (y >= 0.5))), 4), "n": len(y),
                                   "crop": "app"}
     model_path.with_suffix(".json").write_text(json.dumps(metadata, indent=2))
-    publish_history(run_dir, out_dir, task, config)
-    log(f"exported {model_path}: validation {metadata['validation']}")
     return metadata
 
 
