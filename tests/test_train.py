@@ -186,6 +186,7 @@ def test_evaluate_end_to_end_and_model_card(tmp_path, utk_dir, tiny_models):
     (folder / "metrics_test_chip.json").write_text(json.dumps(chip))
     card = build_card(folder)
     assert "## Test metrics" in card and str(chip["age_mae"]) in card and "From scratch" in card
+    assert "Age calibration" in card and "trained on the app's crop" in card
 
 
 def test_training_continues_from_a_shipped_model_h5(tmp_path, utk_dir, tiny_models):

@@ -87,14 +87,22 @@ def build_card(directory: Path) -> str:
             run = run.get("parent_run")
         for k, stage in enumerate(stages, 1):
             label = f"{task} model" + (f", stage {k}" if len(stages) > 1 else "")
+            crop = ("the app's crop (MTCNN landmarks of each chip)" if stage.get("crop") == "aligned"
+                    else "the chips as given")
             out.append(f"- {label}: {stage.get('init_note')}; blocks 1-{stage.get('freeze_blocks')} frozen; "
-                       f"schedule `{stage.get('schedule')}`, peak lr {stage.get('lr')}, policy {stage.get('policy')}.")
+                       f"schedule `{stage.get('schedule')}`, peak lr {stage.get('lr')}, policy {stage.get('policy')}; "
+                       f"trained on {crop}.")
     for task, h in hist.items():
         out.append(f"- Training history `{task}`: {h['epochs']} epochs at sizes {h.get('sizes')}, "
                    f"{h.get('train_minutes')} min, median {h.get('images_per_s')} training images/s "
                    f"({prov.get('hardware', 'CPU')}).")
     out += ["", f"Input: {age.get('input_size')} px crops in the UTKFace chip frame (`core.crop.crop_face`), "
                 f"VGGFace preprocessing, test-time horizontal flip.", ""]
+    cal = age.get("calibration")
+    if cal:
+        out[-1:] = [f"Age calibration (`python -m train.calibrate`): age' = {cal['scale']} x age + {cal['offset']}, "
+                    f"{cal['fitted_on']}, folded into the age head; validation MAE {cal['validation_mae_before']} "
+                    f"-> {cal['validation_mae_after']}.", ""]
 
     out += ["## Test metrics", ""]
     if not info.metrics:
