@@ -225,3 +225,16 @@ def test_training_continues_from_a_shipped_model_h5(tmp_path, utk_dir, tiny_mode
 
     card = build_card(shipped)
     assert "- age model, stage 1: from scratch" in card and "- age model, stage 2: backbone and head from" in card
+
+
+def test_a_multitask_backbone_stopped_early_publishes_its_history(tmp_path, utk_dir):
+    """The shipped backbone is used where --until-epoch stopped it: its history and record still reach models/,
+    and running the same command again with --resume trains nothing more."""
+    args = ["multitask", "--data-dir", str(utk_dir), "--schedule", "32:3", "--batch-size", "8", "--until-epoch", "1",
+            "--run-dir", str(tmp_path / "mt"), "--out-dir", str(tmp_path / "models"),
+            "--split-dir", str(tmp_path / "splits"), "--precision", "float32", "--no-cache", "--resume"]
+    for _ in range(2):
+        assert train_main(args) == 0
+        rows = list(csv.DictReader((tmp_path / "models" / "history_multitask.csv").open()))
+        record = json.loads((tmp_path / "models" / "multitask_run.json").read_text())
+        assert len(rows) == 1 and record["epochs_done"] == 1 and "--resume" in record["note"]

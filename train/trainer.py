@@ -82,6 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, help="use only N training and N//4 validation samples (smoke runs)")
     p.add_argument("--precision", choices=("auto", "bfloat16", "float32"), default="auto")
     p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--until-epoch", type=int,
+                   help="stop once this many epochs of the schedule are done in all (with --resume: idempotent)")
     p.add_argument("--max-epochs", type=int,
                    help="stop after this many epochs in this invocation (continue later with --resume)")
     p.add_argument("--no-cache", action="store_true", help="do not cache decoded chips in .cache/")
@@ -290,8 +292,11 @@ def train(args: argparse.Namespace) -> dict:
     verbose = 1 if sys.stdout.isatty() else 2
     started = time.perf_counter()
     stop_at = epochs_done + args.max_epochs if args.max_epochs else total_epochs
+    if args.until_epoch:
+        stop_at = min(stop_at, args.until_epoch)
     epoch_end = 0
     stopped_early = False
+    trained = False
     for index, (size, epochs) in enumerate(phases):
         epoch_start, epoch_end = epoch_end, epoch_end + epochs
         if epochs_done >= epoch_end or stopped_early or epochs_done >= stop_at:
@@ -320,11 +325,18 @@ def train(args: argparse.Namespace) -> dict:
         hist = model.fit(train_ds, validation_data=val_ds, epochs=last, initial_epoch=first,
                          callbacks=callbacks, verbose=verbose)
         epochs_done = first + len(hist.epoch)
+        trained = True
         stopped_early = epochs_done < last
-    config["train_seconds_this_session"] = round(time.perf_counter() - started, 1)
+    if trained:
+        config["train_seconds_this_session"] = round(time.perf_counter() - started, 1)
     if epochs_done < total_epochs and not stopped_early:
-        log(f"stopped after epoch {epochs_done}/{total_epochs} (--max-epochs); continue with --resume")
+        log(f"stopped after epoch {epochs_done}/{total_epochs} (--max-epochs/--until-epoch); continue with --resume")
         config["epochs_done"] = epochs_done
+        if args.task == "multitask":  # a backbone used as it stands (age/gender runs start from its checkpoint)
+            config["note"] = (f"stopped after epoch {epochs_done} of the planned {total_epochs} "
+                              "(--until-epoch/--max-epochs); "
+                              "--resume continues it")
+            publish_history(run_dir, args.out_dir, args.task, config)
         return config
 
     best = run_dir / "best.weights.h5"
