@@ -85,5 +85,5 @@ def test_no_flip_gives_the_library_result_without_test_time_flip(tmp_path, astro
     assert out.returncode == 0, out.stderr
     face = json.loads(out.stdout)[0]["faces"][0]
     plain = core.analyze(astronaut_jpeg, models=AgeGenderModels(tiny_models, tta=False))[0]
-    assert abs(face["age"] - plain.age) < 0.01
+    assert abs(face["age"] - plain.age) <= 0.05 + 1e-3  # the JSON rounds ages to 0.1 years
     assert abs(face["female_probability"] - plain.female_probability) < 1e-3
