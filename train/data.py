@@ -156,9 +156,8 @@ def load_chips(data_dir: Path, samples: list[Sample], size: int, *, cache: bool 
     (:func:`chip_landmarks`) onto the chip template, the chip frame where no face is found. Results are
     cached in ``.cache/`` keyed by the file list, size and mode.
     """
-    mode = "aligned" if align else "chip"
     key = hashlib.sha1(("\n".join(s.name for s in samples) + f"|{size}|{Path(data_dir).resolve()}").encode())
-    path = CACHE_DIR / f"{'chips' if not align else mode}_{size}_{key.hexdigest()[:16]}.npy"
+    path = CACHE_DIR / f"{'aligned' if align else 'chips'}_{size}_{key.hexdigest()[:16]}.npy"
     if cache and path.is_file():
         return np.load(path)
     marks = chip_landmarks(data_dir, samples, cache=cache, progress=True) if align else None
