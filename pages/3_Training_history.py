@@ -9,11 +9,13 @@ st.set_page_config(page_title="Training history", page_icon="📈", layout="wide
 st.title("Training history")
 info = load_model_info()
 
-if not info.histories:
+histories, skipped = charts.read_histories(info.histories)
+if skipped:
+    st.caption("Not shown (no finished epoch yet, or unreadable): " + ", ".join(skipped))
+if not histories:
     st.info("No training history found: train a model with `python -m train` (see the README).")
     st.stop()
 
-histories = {name: charts.read_history(path) for name, path in info.histories.items()}
 chosen = st.selectbox("Run", list(histories), index=0)
 df = histories[chosen]
 best = charts.best_epoch(df)

@@ -122,3 +122,16 @@ def test_history_charts_mark_training_stages():
         assert "stage 2" in notes and "best epoch 5" in notes and "stage 1" not in notes
     plain = charts.loss_figure(df.drop(columns="stage"), "age")
     assert [a.text for a in plain.layout.annotations] == ["best epoch 5"]
+
+
+def test_dashboard_skips_histories_without_an_epoch(tmp_path):
+    """A run stopped during its first epoch leaves an empty history.csv: the dashboard lists it as not shown
+    instead of failing."""
+    from ui.charts import read_histories
+
+    (tmp_path / "empty.csv").write_text("")
+    (tmp_path / "header.csv").write_text("epoch,loss,val_loss\n")
+    (tmp_path / "good.csv").write_text("epoch,loss,val_loss\n0,2.0,2.5\n1,1.0,1.5\n")
+    good, skipped = read_histories({n: tmp_path / f"{n}.csv" for n in ("empty", "header", "good", "missing")})
+    assert list(good) == ["good"] and list(good["good"]["epoch"]) == [1, 2]
+    assert skipped == ["empty", "header", "missing"]

@@ -21,6 +21,20 @@ def read_history(path: str | Path) -> pd.DataFrame:
     return df
 
 
+def read_histories(paths: dict[str, Path]) -> tuple[dict[str, pd.DataFrame], list[str]]:
+    """The readable histories by name, and the names of those without an epoch to show (an empty file left by
+    a run stopped during its first epoch, a damaged file)."""
+    good, skipped = {}, []
+    for name, path in paths.items():
+        try:
+            df = read_history(path)
+        except (OSError, ValueError, KeyError):  # pandas' EmptyDataError and ParserError are ValueErrors
+            skipped.append(name)
+            continue
+        (good.__setitem__(name, df) if len(df) else skipped.append(name))
+    return good, skipped
+
+
 def history_kind(df: pd.DataFrame) -> str:
     if "val_age_mae" in df.columns:
         return "multitask"
