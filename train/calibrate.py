@@ -49,8 +49,10 @@ def fold_age_affine(model, scale: float, offset: float) -> None:
                        bias * scale + (AGE_MEAN * (scale - 1.0) + offset) / AGE_STD])
 
 
-def calibrate_age_model(model, x_val: np.ndarray, y_val: np.ndarray, *, previous: dict | None = None) -> dict:
-    """Fit the line on ``model``'s validation predictions (with the flip), fold it in; return the record.
+def calibrate_age_model(model, x_val: np.ndarray, y_val: np.ndarray, *,
+                        previous: dict | None = None) -> tuple[dict, np.ndarray]:
+    """Fit the line on ``model``'s validation predictions (with the flip), fold it in; return the record and
+    the calibrated validation predictions.
 
     ``previous``: the calibration already folded into the model, composed with the new one in the record.
     """
@@ -65,8 +67,7 @@ def calibrate_age_model(model, x_val: np.ndarray, y_val: np.ndarray, *, previous
     return {"scale": round(scale, 5), "offset": round(offset, 4),
             "fitted_on": f"validation split, app crops (n={len(y_val)}), least absolute deviations",
             "validation_mae_before": round(float(np.mean(np.abs(before - y_val))), 3),
-            "validation_mae_after": round(float(np.mean(np.abs(after - y_val))), 3),
-            "_after": after}
+            "validation_mae_after": round(float(np.mean(np.abs(after - y_val))), 3)}, after
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -96,8 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     model = keras.models.load_model(path, compile=False)
     x_val = load_chips(args.data_dir, val, metadata["input_size"], align=True)
     y_val = labels(val, "age")
-    record = calibrate_age_model(model, x_val, y_val, previous=metadata.get("calibration"))
-    after = record.pop("_after")
+    record, after = calibrate_age_model(model, x_val, y_val, previous=metadata.get("calibration"))
     model.compile(optimizer="adam", loss=compile_args("age")["loss"])  # the loss reloads with the .h5
     model.save(path)
     metadata["calibration"] = record

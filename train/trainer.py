@@ -398,8 +398,7 @@ def save_model(model, task: str, size: int, config: dict, out_dir: Path, data_di
     y = labels(val_samples, task)
     calibration = None
     if task == "age":
-        calibration = calibrate_age_model(clean, x_val, y)
-        pred = calibration.pop("_after")
+        calibration, pred = calibrate_age_model(clean, x_val, y)
     else:
         pred = predict_crops(clean, x_val, flip=True)
     clean.compile(optimizer="adam", loss=compile_args(task)["loss"])  # the loss reloads with the .h5
