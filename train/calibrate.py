@@ -70,13 +70,23 @@ def calibrate_age_model(model, x_val: np.ndarray, y_val: np.ndarray, *,
             "validation_mae_after": round(float(np.mean(np.abs(after - y_val))), 3)}, after
 
 
+def age_metadata(record: dict, calibrated: np.ndarray, y_val: np.ndarray) -> dict:
+    """The age model's metadata fields that come from calibration: ``validation``, ``calibration`` and the
+    ``age_intervals`` table fitted on the calibrated validation predictions."""
+    from train.trainer import calibrate_age_intervals
+
+    return {"validation": {"mae": round(float(np.mean(np.abs(calibrated - y_val))), 3), "n": len(y_val),
+                           "crop": "app"},
+            "calibration": record,
+            "age_intervals": calibrate_age_intervals(calibrated, y_val)}
+
+
 def main(argv: list[str] | None = None) -> int:
     import keras
 
     from core.models import DEFAULT_MODELS_DIR, MODEL_FILES, read_metadata
     from train.data import DEFAULT_SPLIT_DIR, labels, load_chips, load_or_make_split
     from train.model import compile_args
-    from train.trainer import calibrate_age_intervals
 
     parser = argparse.ArgumentParser(prog="python -m train.calibrate", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -100,9 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     record, after = calibrate_age_model(model, x_val, y_val, previous=metadata.get("calibration"))
     model.compile(optimizer="adam", loss=compile_args("age")["loss"])  # the loss reloads with the .h5
     model.save(path)
-    metadata["calibration"] = record
-    metadata["validation"] = {"mae": record["validation_mae_after"], "n": len(y_val), "crop": "app"}
-    metadata["age_intervals"] = calibrate_age_intervals(after, y_val)
+    metadata.update(age_metadata(record, after, y_val))
     path.with_suffix(".json").write_text(json.dumps(metadata, indent=2))
     print(f"{path}: age' = {record['scale']} * age + {record['offset']}; validation MAE "
           f"{record['validation_mae_before']} -> {record['validation_mae_after']}; range coverage "

@@ -387,7 +387,7 @@ def save_model(model, task: str, size: int, config: dict, out_dir: Path, data_di
     is first calibrated on them (:mod:`train.calibrate`: a least-absolute-deviations line folded into the
     head) and its age-range table is fitted on the calibrated predictions.
     """
-    from train.calibrate import calibrate_age_model
+    from train.calibrate import age_metadata, calibrate_age_model
     from train.model import build_model, compile_args
 
     keras.mixed_precision.set_global_policy("float32")
@@ -427,9 +427,7 @@ def save_model(model, task: str, size: int, config: dict, out_dir: Path, data_di
         },
     }
     if task == "age":
-        metadata["validation"] = {"mae": round(float(np.mean(np.abs(pred - y))), 3), "n": len(y), "crop": "app"}
-        metadata["calibration"] = calibration
-        metadata["age_intervals"] = calibrate_age_intervals(pred, y)
+        metadata.update(age_metadata(calibration, pred, y))
     else:
         metadata["validation"] = {"accuracy": round(float(np.mean((pred >= 0.5) == (y >= 0.5))), 4), "n": len(y),
                                   "crop": "app"}
