@@ -117,7 +117,11 @@ def main(argv: list[str] | None = None) -> int:
                 peer.update(run_json([str(python), "-c", PEER_MEMORY, manifest["720p_1face"],
                                       manifest["1080p_4faces"]]))
 
-    machine = f"{platform.machine()}, {os.cpu_count()} CPU cores, Python {platform.python_version()}"
+    from core.hardware import cpu_description
+    from core.models import inference_precision
+
+    machine = (f"{platform.machine()}, {cpu_description()}, inference in {inference_precision()}, "
+               f"Python {platform.python_version()}")
     print(f"machine: {machine}")
     print(f"{'input':<16}{'ours ms':>10}{'peer ms':>10}{'ours/peer':>11}{'faces (ours/peer)':>20}")
     summary: dict = {"machine": machine, "repeats": repeats, "chips": n_chips}

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.util
+
 import cv2
 import numpy as np
+import pytest
 
 from conftest import ASTRONAUT_FACE, three_faces
 from core.detect import detect_faces, get_detector
@@ -88,3 +91,43 @@ def test_detector_works_under_a_mixed_bfloat16_policy(astronaut):
         get_detector.cache_clear()
     assert len(faces) == 1
     np.testing.assert_allclose(faces[0].box, before.box, atol=1.0)
+
+
+def test_lite_pnet_matches_the_keras_pnet():
+    """PNet converted to LiteRT gives the Keras network's outputs, in its order (regression, probability),
+    for any pyramid shape; one interpreter per shape, least recently used dropped."""
+    pytest.importorskip("ai_edge_litert")
+    from mtcnn import MTCNN
+
+    from core.detect import LitePNet
+
+    keras_pnet = MTCNN(device="CPU:0").stages[0].model
+    lite = LitePNet(keras_pnet)
+    lite.max_shapes = 2
+    rng = np.random.default_rng(0)
+    for h, w in ((12, 12), (100, 151), (217, 386), (100, 151)):
+        x = rng.uniform(-1, 1, (1, h, w, 3)).astype(np.float32)
+        ours, theirs = lite(x), keras_pnet(x)
+        assert [tuple(o.shape) for o in ours] == [tuple(t.shape) for t in theirs]
+        for o, t in zip(ours, theirs):
+            np.testing.assert_allclose(o.numpy(), np.asarray(t), atol=1e-4)
+    assert list(lite._interpreters) == [(1, 217, 386, 3), (1, 100, 151, 3)]
+
+
+def test_detector_without_litert_runs_pnet_in_tensorflow(astronaut, monkeypatch):
+    """AGEGENDER_PNET=keras (and platforms without LiteRT wheels) run PNet with TensorFlow: same face."""
+    from core.detect import LitePNet
+
+    lite_face = detect_faces(astronaut)[0]
+    assert isinstance(get_detector().stages[0]._model, LitePNet) == (importlib.util.find_spec("ai_edge_litert")
+                                                                    is not None)
+    monkeypatch.setenv("AGEGENDER_PNET", "keras")
+    get_detector.cache_clear()
+    try:
+        assert not isinstance(get_detector().stages[0]._model, LitePNet)
+        faces = detect_faces(astronaut)
+    finally:
+        get_detector.cache_clear()
+    assert len(faces) == 1
+    np.testing.assert_allclose(faces[0].box, lite_face.box, atol=1.0)
+    assert abs(faces[0].confidence - lite_face.confidence) < 1e-3
