@@ -56,8 +56,8 @@ class LitePNet:
     PNet scans every level of the image pyramid and is most of MTCNN's time. Its convolutions have 3 to 32
     channels, which TensorFlow's CPU kernels run far below the CPU's speed; XNNPACK ran PNet's whole 720p
     pyramid about 3.5x faster here (same outputs to 1e-5). The Keras model is converted once; one
-    interpreter per input shape is kept (at most :attr:`max_shapes`, least recently used dropped), since
-    resizing an interpreter costs about as much as the call.
+    interpreter per input shape is kept (at most :attr:`max_shapes`, least recently used dropped): setting
+    one up for a new shape costs about twice its run, so the gain is for photo sizes seen before.
     """
 
     max_shapes = 24  # about two photo sizes' pyramids
