@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import threading
+import warnings
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -138,7 +139,11 @@ def get_detector():
     for stage in detector.stages:  # mtcnn 1.0.0 keeps each stage's network in ``_model``
         stage._model = tf.function(stage.model, reduce_retracing=True, autograph=False)
     if _lite_runtime_available():
-        detector.stages[0]._model = LitePNet(pnet)
+        try:
+            detector.stages[0]._model = LitePNet(pnet)
+        except Exception as error:  # a conversion or runtime failure must not stop detection: PNet stays in TF
+            warnings.warn(f"MTCNN's PNet could not run on LiteRT ({error}); it runs in TensorFlow instead "
+                          "(slower). Set AGEGENDER_PNET=keras to skip the attempt.", RuntimeWarning, stacklevel=2)
     return detector
 
 

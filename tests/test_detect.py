@@ -131,3 +131,21 @@ def test_detector_without_litert_runs_pnet_in_tensorflow(astronaut, monkeypatch)
     assert len(faces) == 1
     np.testing.assert_allclose(faces[0].box, lite_face.box, atol=1.0)
     assert abs(faces[0].confidence - lite_face.confidence) < 1e-3
+
+
+def test_detector_falls_back_to_tensorflow_when_litert_fails(astronaut, monkeypatch):
+    """A LiteRT conversion failure is a warning, not a broken detector."""
+    pytest.importorskip("ai_edge_litert")
+    import core.detect as detect
+
+    def broken(_model):
+        raise RuntimeError("converter exploded")
+
+    monkeypatch.setattr(detect, "LitePNet", broken)
+    get_detector.cache_clear()
+    try:
+        with pytest.warns(RuntimeWarning, match="converter exploded"):
+            get_detector()
+        assert len(detect_faces(astronaut)) == 1
+    finally:
+        get_detector.cache_clear()
