@@ -8,7 +8,6 @@ the whole call silently returns no face.
 
 from __future__ import annotations
 
-import os
 import threading
 import warnings
 from collections import OrderedDict
@@ -66,16 +65,14 @@ class LitePNet:
     def __init__(self, keras_model) -> None:
         import tensorflow as tf
 
+        from core import lite
+
         spec = tf.TensorSpec([1, None, None, 3], tf.float32)
-        function = tf.function(lambda x: keras_model(x), input_signature=[spec])
-        # The function, not the Keras model, is the converter's trackable object: given a Keras 3 model it
-        # treats the weights as uninitialised variables and the network outputs NaN.
-        self._flatbuffer = tf.lite.TFLiteConverter.from_concrete_functions(
-            [function.get_concrete_function()], function).convert()
+        self._flatbuffer = lite.convert(tf.function(lambda x: keras_model(x), input_signature=[spec]))
         # The Keras outputs are (box regression: 4 channels, face probability: 2 channels); match by width.
         self._channels = [int(out.shape[-1]) for out in keras_model(tf.zeros([1, 12, 12, 3]))]
         self._interpreters: OrderedDict[tuple[int, ...], tuple] = OrderedDict()
-        self._threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        self._threads = lite.cpu_threads()
 
     def _interpreter(self, shape: tuple[int, ...]) -> tuple:
         if shape in self._interpreters:
@@ -104,22 +101,11 @@ class LitePNet:
         return [tf.convert_to_tensor(interpreter.get_tensor(i)) for i in outputs]
 
 
-def _lite_runtime_available() -> bool:
-    """Whether LiteRT (``ai-edge-litert``) is installed and not switched off with ``AGEGENDER_PNET=keras``."""
-    if os.environ.get("AGEGENDER_PNET", "").lower() == "keras":
-        return False
-    try:
-        import ai_edge_litert.interpreter  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 @lru_cache(maxsize=1)
 def get_detector():
     """The process-wide MTCNN instance (weights ship inside the ``mtcnn`` package).
 
-    PNet runs on LiteRT's XNNPACK kernels where ``ai-edge-litert`` is installed (:class:`LitePNet`), RNet
+    PNet runs on LiteRT's XNNPACK kernels where :func:`core.lite.enabled` (:class:`LitePNet`), RNet
     and ONet as ``tf.function``s: mtcnn 1.0 calls its networks eagerly, once per pyramid level, which made
     them about 4x slower at 240p and 1.5x at 1080p (python -m bench).
     """
@@ -138,12 +124,14 @@ def get_detector():
     pnet = detector.stages[0].model
     for stage in detector.stages:  # mtcnn 1.0.0 keeps each stage's network in ``_model``
         stage._model = tf.function(stage.model, reduce_retracing=True, autograph=False)
-    if _lite_runtime_available():
+    from core import lite
+
+    if lite.enabled():
         try:
             detector.stages[0]._model = LitePNet(pnet)
         except Exception as error:  # a conversion or runtime failure must not stop detection: PNet stays in TF
             warnings.warn(f"MTCNN's PNet could not run on LiteRT ({error}); it runs in TensorFlow instead "
-                          "(slower). Set AGEGENDER_PNET=keras to skip the attempt.", RuntimeWarning, stacklevel=2)
+                          "(slower). Set AGEGENDER_LITERT=0 to skip the attempt.", RuntimeWarning, stacklevel=2)
     return detector
 
 

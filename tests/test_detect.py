@@ -115,13 +115,13 @@ def test_lite_pnet_matches_the_keras_pnet():
 
 
 def test_detector_without_litert_runs_pnet_in_tensorflow(astronaut, monkeypatch):
-    """AGEGENDER_PNET=keras (and platforms without LiteRT wheels) run PNet with TensorFlow: same face."""
+    """AGEGENDER_LITERT=0 (and platforms without LiteRT wheels) run PNet with TensorFlow: same face."""
     from core.detect import LitePNet
 
     lite_face = detect_faces(astronaut)[0]
     assert isinstance(get_detector().stages[0]._model, LitePNet) == (importlib.util.find_spec("ai_edge_litert")
                                                                     is not None)
-    monkeypatch.setenv("AGEGENDER_PNET", "keras")
+    monkeypatch.setenv("AGEGENDER_LITERT", "0")
     get_detector.cache_clear()
     try:
         assert not isinstance(get_detector().stages[0]._model, LitePNet)
