@@ -6,13 +6,18 @@ from functools import lru_cache
 from pathlib import Path
 
 
+def _read_cpuinfo() -> str:
+    """The text of ``/proc/cpuinfo``; empty where there is none (not Linux)."""
+    try:
+        return Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return ""
+
+
 @lru_cache(maxsize=1)
 def cpu_supports_bf16() -> bool:
     """True where the CPU has native bfloat16 math (AVX512-BF16 or AMX-BF16), Linux only."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
+    flags = _read_cpuinfo()
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
@@ -24,12 +29,7 @@ def cpu_description(cpuinfo: str | None = None) -> str:
     """
     import os
 
-    info = cpuinfo
-    if info is None:
-        try:
-            info = Path("/proc/cpuinfo").read_text()
-        except OSError:
-            info = ""
+    info = _read_cpuinfo() if cpuinfo is None else cpuinfo
     name = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")),
                 "unknown CPU")
     flags = set(next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")),
