@@ -149,3 +149,70 @@ def test_detector_falls_back_to_tensorflow_when_litert_fails(astronaut, monkeypa
         assert len(detect_faces(astronaut)) == 1
     finally:
         get_detector.cache_clear()
+
+
+# --- Recall on close-ups and faces cut by the frame (issue #13) -------------------------------------------
+
+def _inside(face, image: np.ndarray) -> bool:
+    x, y, w, h = face.box
+    return x >= 0 and y >= 0 and x + w <= image.shape[1] + 1e-6 and y + h <= image.shape[0] + 1e-6
+
+
+def _close_up(astronaut: np.ndarray, face_fraction: float, out: int) -> np.ndarray:
+    """A square around the astronaut's face, the face box ``face_fraction`` of its side, resized to ``out``."""
+    x, y, w, h = ASTRONAUT_FACE
+    side = h / face_fraction
+    x0, y0 = int(x + w / 2 - side / 2), int(y + h / 2 - side / 2)
+    crop = astronaut[max(0, y0):y0 + int(side), max(0, x0):x0 + int(side)]
+    return cv2.resize(crop, (out, out), interpolation=cv2.INTER_CUBIC if out > side else cv2.INTER_AREA)
+
+
+@pytest.mark.parametrize("fraction,out", [(0.7, 800), (0.9, 800), (1.1, 800)])
+def test_close_up_filling_the_frame_is_found(astronaut, fraction, out):
+    image = _close_up(astronaut, fraction, out)
+    faces = detect_faces(image)
+    assert len(faces) == 1 and _inside(faces[0], image)
+    assert faces[0].box[3] >= 0.6 * out  # the big face, not a part of it
+
+
+def test_chip_like_crop_cut_by_the_frame_is_found(astronaut):
+    """A UTKFace-like chip: 200 x 200, the face filling it, forehead and chin cut by the frame."""
+    chip = _close_up(astronaut, 1.1, 200)
+    faces = detect_faces(chip)
+    assert len(faces) == 1 and _inside(faces[0], chip) and faces[0].box[3] >= 150
+
+
+@pytest.mark.parametrize("edge", ["left", "top", "bottom"])
+def test_face_cut_by_the_frame_is_found(astronaut, edge):
+    """The frame cuts the face so that 60 % (left, top) or 70 % (bottom) of its box stays visible."""
+    x, y, w, h = ASTRONAUT_FACE
+    image = {"left": astronaut[:, int(x + 0.4 * w):], "top": astronaut[int(y + 0.4 * h):],
+             "bottom": astronaut[:int(y + 0.7 * h)]}[edge]
+    faces = detect_faces(np.ascontiguousarray(image))
+    assert len(faces) == 1 and _inside(faces[0], image)
+
+
+def test_textures_and_a_cat_have_no_face():
+    from skimage import data
+
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (480, 640, 3), dtype=np.uint8), np.full((200, 200, 3), 128, np.uint8)]
+    for name in ("brick", "grass", "gravel", "coffee", "chelsea"):
+        image = getattr(data, name)()
+        images.append(np.ascontiguousarray(np.stack([image] * 3, -1) if image.ndim == 2 else image[..., :3]))
+    for image in images:
+        assert detect_faces(image) == []
+
+
+def test_large_or_cut_faces_need_the_relaxed_threshold_only():
+    from core.detect import relaxed_threshold
+
+    assert relaxed_threshold(0.95) == pytest.approx(0.80)
+    assert relaxed_threshold(0.99) == pytest.approx(0.96)
+    assert relaxed_threshold(0.6) == 0.5 and relaxed_threshold(0.3) == 0.3  # never above the user's own
+
+
+def test_the_threshold_still_decides(astronaut):
+    """A close-up that MTCNN scores below the user's threshold, relaxed, is not reported."""
+    image = _close_up(astronaut, 0.9, 800)
+    assert detect_faces(image, threshold=0.999999) == []
