@@ -3,6 +3,24 @@
 Until trained models are needed, the ``tiny_models`` fixture trains real (but tiny: 32 px, one epoch)
 age and gender models on generated UTKFace-style chips through the same ``python -m train`` code, and
 exports them into a temporary folder through the same save/load path the shipped models use.
+
+What is deterministic, and what is not:
+
+- The chips, the split and the training are seeded (``--seed``, which calls ``keras.utils.set_random_seed``;
+  augmentation runs in order, see :func:`train.data.make_dataset`) and train in float32 on every CPU
+  (``--precision float32``): on one machine and one software stack two sessions train the same weights,
+  bit for bit (checked).
+- Inference runs in float32 too: ``AGEGENDER_PRECISION`` (core's switch, see
+  :func:`core.models.inference_precision`) defaults to ``float32`` here, where core would pick bfloat16 on
+  CPUs with bf16 math. Set ``AGEGENDER_PRECISION=bfloat16`` to run the suite on the bf16 path; tests that
+  compare outputs of one input use tolerances that hold there too. Child processes (CLI, bench) inherit it.
+- Not deterministic across machines: float32 results depend on the CPU's kernels (oneDNN sums in another
+  order on AVX2, AVX-512 or AMX), on the TensorFlow/oneDNN/LiteRT versions, and MTCNN's landmarks of the
+  training chips move with them, so the tiny models' weights differ in their last bits from one machine to
+  another, and one epoch does not settle them. Nor are the tiny models smooth: a landmark 1-2 px off moved
+  an age by 6 years (issue #16). So tests assert what the pipeline guarantees (boxes, crops, shapes, ranges,
+  types, equal outputs for equal inputs); they never compare a tiny model's output for two different inputs,
+  nor against a fixed number. A test that compares ages must use the shipped models (``models/*.h5``).
 """
 
 from __future__ import annotations
@@ -14,6 +32,7 @@ import zlib
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("AGEGENDER_PRECISION", "float32")  # the same arithmetic on every CPU (docstring)
 
 import numpy as np
 import pytest
@@ -106,7 +125,8 @@ def utk_dir(tmp_path_factory, astronaut_chip) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory, utk_dir) -> Path:
-    """A models folder with age and gender models trained for one epoch at 32 px on generated chips."""
+    """A models folder with age and gender models trained for one epoch at 32 px on generated chips (seeded,
+    float32: see the module docstring for what that makes reproducible and what not)."""
     from train.trainer import main as train_main
 
     root = tmp_path_factory.mktemp("tiny")
@@ -114,6 +134,6 @@ def tiny_models(tmp_path_factory, utk_dir) -> Path:
     for task in ("age", "gender"):
         code = train_main([task, "--data-dir", str(utk_dir), "--schedule", "32:1", "--batch-size", "8",
                            "--run-dir", str(root / f"run_{task}"), "--out-dir", str(out),
-                           "--split-dir", str(root / "splits"), "--precision", "float32", "--no-cache"])
+                           "--split-dir", str(root / "splits"), "--precision", "float32", "--seed", "42", "--no-cache"])
         assert code == 0
     return out

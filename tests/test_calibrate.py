@@ -51,7 +51,8 @@ def test_calibrate_cli_rewrites_model_and_metadata(tmp_path, utk_dir, tiny_model
     val = load_or_make_split(utk_dir, split_dir, log=lambda *_: None)["val"]
     model = keras.models.load_model(models / "age_model.h5")  # still reloads compiled
     pred = predict_crops(model, load_chips(utk_dir, val, 32, cache=False, align=True), flip=True)
-    assert meta["validation"]["mae"] == round(float(np.mean(np.abs(pred - labels(val, "age")))), 3)
+    # the metadata's MAE (rounded to 3 decimals) is the saved model's, up to that rounding
+    assert abs(meta["validation"]["mae"] - float(np.mean(np.abs(pred - labels(val, "age"))))) <= 5e-4 + 1e-6
     assert cal["validation_mae_after"] <= cal["validation_mae_before"] + 1e-3
     assert cal["fitted_on"].startswith("validation") and "scale" in first
     assert set(meta["age_intervals"]) >= {"bands", "coverage_validation"}

@@ -65,8 +65,10 @@ def test_batch_csv_and_jsonl_over_folder_and_zip(tmp_path, astronaut_jpeg, tiny_
     assert len(by_status["ok"]) == 4 and len(by_status["error"]) == 2
     assert {r["face"] for r in by_status["ok"]} == {"1"}
     assert any(r["file"].endswith("more.zip/inside/a.jpg") for r in by_status["ok"])
-    ages = {r["age"] for r in by_status["ok"]}
-    assert len(ages) == 1  # the same photo gives the same answer whatever its batch
+    ages = [float(r["age"]) for r in by_status["ok"]]
+    # The same photo gives the same answer whatever its batch (here 1 or 2 images per model call): equal up
+    # to float rounding, which can tip the CSV's 0.1-year rounding to the next step.
+    assert max(ages) - min(ages) <= 0.1 + 1e-6
 
     out_jsonl = tmp_path / "faces.jsonl"
     res = run_cli(str(folder / "p0.jpg"), "--output", str(out_jsonl), models=tiny_models)

@@ -42,17 +42,33 @@ def test_every_input_kind_gives_the_same_result(astronaut, astronaut_jpeg, tmp_p
 
 
 def test_exif_rotated_copy_gives_the_same_face(astronaut, models):
-    """The stored pixels are rotated; the EXIF tag says how to turn them back."""
+    """The stored pixels are rotated; the EXIF tag says how to turn them back. The same face comes out: the
+    same box, and the same crop for each model (pixel correlation: the photo went through JPEG and the
+    landmarks move by a pixel or two). The tiny models' ages are not compared: for two nearly equal crops
+    they are arbitrary (6 years apart here once, issue #16; see conftest)."""
+    from core.crop import crop_face
+    from core.detect import LANDMARK_NAMES
+    from core.image import load_image
+
     stored = Image.fromarray(np.ascontiguousarray(np.rot90(astronaut, k=1)))  # 90 deg counter-clockwise
     exif = Image.Exif()
     exif[0x0112] = 6  # display rotated 90 deg clockwise
     buf = io.BytesIO()
     stored.save(buf, format="JPEG", quality=95, exif=exif)
     faces = core.analyze(buf.getvalue(), models=models)
-    assert len(faces) == 1 and iou(faces[0].box, ASTRONAUT_FACE) > 0.7
-    upright = core.analyze(astronaut, models=models)[0]
-    assert abs(faces[0].age - upright.age) < 3
-    assert abs(faces[0].female_probability - upright.female_probability) < 0.1
+    upright = core.analyze(astronaut, models=models)
+    assert len(faces) == len(upright) == 1
+    face, ref = faces[0], upright[0]
+    assert iou(face.box, ASTRONAUT_FACE) > 0.7 and iou(face.box, ref.box) > 0.85  # 0.95 measured (2 px)
+
+    def crop(rgb, f, size):  # what core.analyze gives the model of that input size
+        return crop_face(rgb, np.array([f.landmarks[n] for n in LANDMARK_NAMES]), size).astype(np.float64)
+
+    rgb = load_image(buf.getvalue())
+    for size in sorted(set(models.input_sizes.values())):
+        a, b = crop(rgb, face, size), crop(astronaut, ref, size)
+        # 0.99 measured; the same crop mirrored scores 0.44, turned by 90 degrees 0.26
+        assert np.corrcoef(a.ravel(), b.ravel())[0, 1] > 0.95, size
 
 
 def test_no_face_is_an_empty_list_unless_enforced(models):
@@ -73,19 +89,34 @@ def test_detect_false_uses_the_whole_image(astronaut_chip, models):
     assert len(faces) == 1 and faces[0].box == (0.0, 0.0, 200.0, 200.0) and faces[0].landmarks == {}
 
 
-def test_batched_prediction_matches_one_by_one(astronaut, models):
+#: How far one face's outputs may move with the batch it is in: (years, relative to the age; probability).
+#: Per face the arithmetic is the same, but the CPU's kernels may block a batch of one differently from a
+#: batch of three and sum in another order: about 1e-6 relative in float32, while in bfloat16 (8 bits of
+#: mantissa) an activation can then round the other way. Running the whole tiny model in bf16 instead of
+#: float32 moved its ages by 0.8-1.4 %; a few such roundings move them less. (Here both precisions gave
+#: equal outputs batched and one by one.) What the test is for: each face gets its own outputs.
+BATCH_TOLERANCE = {"float32": (1e-2, 1e-5, 1e-3), "bfloat16": (0.1, 0.02, 0.02)}
+
+
+@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
+def test_batched_prediction_matches_one_by_one(astronaut, tiny_models, monkeypatch, precision):
+    """Both inference precisions on every CPU (the app uses bf16 where the CPU has bf16 math)."""
     from core.crop import crop_face
     from core.detect import detect_faces
 
+    monkeypatch.setenv("AGEGENDER_PRECISION", precision)
+    models = AgeGenderModels(tiny_models)
+    assert models.precision == precision
     face = detect_faces(astronaut)[0]
     size = models.input_sizes["age"]
     crop = crop_face(astronaut, face.landmark_array(), size)
     crops = np.stack([crop, crop[:, ::-1], np.zeros_like(crop)])
     batch = models.predict({size: crops})
+    years, relative, probability = BATCH_TOLERANCE[precision]
     for i in range(3):
         one = models.predict({size: crops[i:i + 1]})
-        assert abs(one.ages[0] - batch.ages[i]) < 1e-2
-        assert abs(one.female_probabilities[0] - batch.female_probabilities[i]) < 1e-3
+        assert abs(one.ages[0] - batch.ages[i]) < years + relative * abs(batch.ages[i])
+        assert abs(one.female_probabilities[0] - batch.female_probabilities[i]) < probability
 
 
 def test_missing_models_say_how_to_get_them(tmp_path, astronaut):

@@ -100,6 +100,7 @@ def test_inference_copy_folds_batch_norm_without_changing_outputs():
     from train.model import build_model
 
     keras.mixed_precision.set_global_policy("float32")
+    keras.utils.set_random_seed(0)  # the same initial weights in every run
     model = build_model("age", input_size=32)
     rng = np.random.default_rng(0)
     for layer in model.layers:  # non-trivial statistics, as after training
