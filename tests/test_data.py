@@ -229,3 +229,119 @@ def test_landmarks_cli_computes_what_is_missing(tmp_path, monkeypatch, capsys):
     assert len(calls) == 14 and len(lm.read_landmarks(split_dir / "landmarks.npz")[0]) == 10
     assert header["settings"]["face"] == "largest" and header["detector"] and header["created"]
     assert lm.main(["--data-dir", str(tmp_path / "nope")]) == 2
+
+
+# ---- augmentation and the tf.data pipelines ------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def faces(astronaut_chip) -> np.ndarray:
+    """Four 48 px crops of a real face, slightly different."""
+    import cv2
+
+    chip = cv2.resize(astronaut_chip, (48, 48), interpolation=cv2.INTER_AREA).astype(np.float32)
+    return np.clip(np.stack([chip * g for g in (0.8, 0.9, 1.0, 1.1)]), 0, 255).astype(np.uint8)
+
+
+PER_IMAGE = {"random_blur": {}, "random_lowres": {"side": (12, 20)}, "random_jpeg": {}}
+PER_BATCH = {"random_affine": {}, "random_light": {}, "random_colour": {}, "random_grayscale": {},
+             "random_erasing": {}}
+
+
+@pytest.mark.parametrize("name", [*PER_IMAGE, *PER_BATCH, "photo_image", "photo_batch"])
+def test_each_augmentation_keeps_shape_dtype_and_range(name, faces):
+    import tensorflow as tf
+
+    from train import augment
+
+    fn = getattr(augment, name)
+    per_image = name in PER_IMAGE or name == "photo_image"
+    x = tf.constant(faces[0] if per_image else faces, tf.float32)
+    kwargs = {**PER_IMAGE.get(name, {}), **PER_BATCH.get(name, {})}
+    if "p" in fn.__code__.co_varnames[:fn.__code__.co_argcount + fn.__code__.co_kwonlyargcount]:
+        kwargs["p"] = 1.0
+        np.testing.assert_array_equal(fn(x, tf.constant([1, 2]), **{**kwargs, "p": 0.0}).numpy(), x.numpy())
+    changed = False
+    for seed in range(4):
+        out = fn(x, tf.constant([seed, 7]), **kwargs)
+        assert out.shape == x.shape and out.dtype == tf.float32
+        assert float(tf.reduce_min(out)) >= 0.0 and float(tf.reduce_max(out)) <= 255.0
+        np.testing.assert_array_equal(out.numpy(), fn(x, tf.constant([seed, 7]), **kwargs).numpy())  # seeded
+        changed |= not np.allclose(out.numpy(), x.numpy(), atol=1.0)
+    assert changed
+
+
+def test_affine_warp_without_jitter_is_identity_or_an_exact_flip(faces):
+    import tensorflow as tf
+
+    from train.augment import random_affine
+
+    x = tf.constant(faces, tf.float32)
+    still = dict(rotation_deg=0.0, scale=0.0, shift=0.0)
+    np.testing.assert_allclose(random_affine(x, tf.constant([0, 1]), p_flip=0.0, **still).numpy(), faces, atol=1e-3)
+    np.testing.assert_allclose(random_affine(x, tf.constant([0, 1]), p_flip=1.0, **still).numpy(),
+                               faces[:, :, ::-1], atol=1e-3)
+
+
+@pytest.mark.parametrize("augment", ["basic", "photo"])
+def test_augmentation_runs_only_in_training(augment, faces):
+    from core.vggface import VGGFACE_MEAN_BGR, preprocess_input
+    from train.data import make_dataset
+
+    x = np.concatenate([faces] * 3)
+    y = np.arange(len(x), dtype=np.float32)
+    val = list(make_dataset(x, y, batch_size=5, training=False, augment=augment))
+    np.testing.assert_array_equal(np.concatenate([b[0].numpy() for b in val]), preprocess_input(x))
+    np.testing.assert_array_equal(np.concatenate([b[1].numpy() for b in val]), y)
+    train = list(make_dataset(x, y, batch_size=5, training=True, seed=3, augment=augment))
+    images = np.concatenate([b[0].numpy() for b in train])
+    targets = np.concatenate([b[1].numpy() for b in train])
+    assert images.shape == x.shape and images.dtype == np.float32 and sorted(targets) == list(y)
+    rgb = images[..., ::-1] + np.array(VGGFACE_MEAN_BGR[::-1], np.float32)
+    assert rgb.min() >= -1e-3 and rgb.max() <= 255 + 1e-3
+    assert not np.allclose(rgb, x[targets.astype(int)], atol=2)
+
+
+def mixed_targets(weights, *, seed, n=4000, augment="none", epochs=1):
+    from train.data import make_mixed_dataset
+
+    parts = {"a": (np.zeros((30, 8, 8, 3), np.uint8), np.full(30, 1.0, np.float32)),
+             "b": (np.full((10, 8, 8, 3), 200, np.uint8), np.full(10, 2.0, np.float32))}
+    ds = make_mixed_dataset(parts, batch_size=50, weights=weights, seed=seed, augment=augment,
+                            examples_per_epoch=n)
+    return [np.concatenate([b[1].numpy() for b in ds]) for _ in range(epochs)]
+
+
+def test_mixing_honours_the_weights_and_is_seeded():
+    (first,) = mixed_targets({"a": 1, "b": 3}, seed=1)
+    assert len(first) == 4000 and abs(np.mean(first == 2.0) - 0.75) < 0.03
+    (proportional,) = mixed_targets(None, seed=1)  # default: shares proportional to size (30 : 10)
+    assert abs(np.mean(proportional == 2.0) - 0.25) < 0.03
+    assert np.array_equal(mixed_targets({"a": 1, "b": 3}, seed=1)[0], first)  # same seed, same draws
+    assert not np.array_equal(mixed_targets({"a": 1, "b": 3}, seed=2)[0], first)
+    (only_a,) = mixed_targets({"a": 1, "b": 0}, seed=1, n=100)
+    assert set(only_a) == {1.0}
+    epoch1, epoch2 = mixed_targets({"a": 1, "b": 1}, seed=1, n=400, epochs=2, augment="photo")
+    assert len(epoch1) == len(epoch2) == 400 and not np.array_equal(epoch1, epoch2)  # a new draw each epoch
+    with pytest.raises(ValueError, match="no such dataset"):
+        mixed_targets({"a": 1, "b": 1, "c": 1}, seed=1)
+    with pytest.raises(ValueError, match="positive sum"):
+        mixed_targets({"a": 0, "b": 0}, seed=1)
+
+
+def test_one_dataset_sees_every_image_once_per_epoch_in_a_new_order():
+    from train.data import make_dataset
+
+    x = np.zeros((23, 8, 8, 3), np.uint8)
+    ds = make_dataset(x, np.arange(23, dtype=np.float32), batch_size=5, training=True, seed=0, augment="basic")
+    orders = [np.concatenate([b[1].numpy() for b in ds]) for _ in range(2)]
+    assert all(sorted(o) == list(range(23)) for o in orders) and not np.array_equal(*orders)
+
+
+def test_unknown_race_is_masked_in_multitask_batches():
+    from train.data import labels, make_dataset
+
+    samples = [Sample("a", 30, 0, 2), Sample("b", 40, 1, -1, "aaf")]
+    (x, y, w), = make_dataset(np.zeros((2, 8, 8, 3), np.uint8), labels(samples, "multitask"), batch_size=2,
+                              training=False)
+    assert list(y["race"].numpy()) == [2, 0] and list(w["race"].numpy()) == [1.0, 0.0]
+    assert list(w["age"].numpy()) == [1.0, 1.0] and list(y["age"].numpy()) == [30, 40]

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import math
 import re
 from collections import defaultdict
 from collections.abc import Mapping
@@ -372,32 +373,115 @@ def labels(samples: list[Sample], task: str) -> dict[str, np.ndarray] | np.ndarr
     return {"age": age, "gender": gender, "race": race}
 
 
-def augmenter(seed: int):
-    """Training-only augmentation: flip, small rotation / scale / shift, brightness and contrast."""
-    import keras
-    from keras import layers
-
-    return keras.Sequential([
-        layers.RandomFlip("horizontal", seed=seed),
-        layers.RandomRotation(10 / 360, fill_mode="constant", seed=seed + 1),
-        layers.RandomZoom((-0.1, 0.1), fill_mode="constant", seed=seed + 2),
-        layers.RandomTranslation(0.05, 0.05, fill_mode="constant", seed=seed + 3),
-        layers.RandomBrightness(0.15, value_range=(0, 255), seed=seed + 4),
-        layers.RandomContrast(0.2, value_range=(0, 255), seed=seed + 5),
-    ], name="augment")
+def _with_race_mask(targets):
+    """Multitask targets -> (targets, sample weights): an unknown race (-1, e.g. AAF) becomes class 0 with
+    weight 0 in the race loss and its (weighted) accuracy; ``None`` weights for single-task targets."""
+    if not isinstance(targets, Mapping) or "race" not in targets:
+        return targets, None
+    race = np.asarray(targets["race"])
+    weights = {k: np.ones(len(race), np.float32) for k in targets}
+    weights["race"] = (race >= 0).astype(np.float32)
+    return {**targets, "race": np.maximum(race, 0).astype(race.dtype)}, weights
 
 
-def make_dataset(images: np.ndarray, targets, *, batch_size: int, training: bool, seed: int = 0):
-    """tf.data pipeline: (shuffle, augment) -> VGGFace preprocessing -> batches, prefetched."""
+def _concat(trees: list):
+    """Concatenate arrays, or dicts of arrays with the same keys, along the first axis."""
+    if isinstance(trees[0], Mapping):
+        return {k: np.concatenate([t[k] for t in trees]) for k in trees[0]}
+    return np.concatenate(trees)
+
+
+def make_dataset(images: np.ndarray, targets, *, batch_size: int, training: bool, seed: int = 0,
+                 augment: str = "photo"):
+    """tf.data pipeline of one array of uint8 crops and their targets -> preprocessed batches, prefetched.
+
+    ``training=False`` (validation): batches in order, :func:`core.vggface.preprocess_input`, nothing random.
+    ``training=True``: every image once per epoch in a new seeded order, augmented (``augment``: ``basic``,
+    ``photo`` or ``none``, see :mod:`train.augment`); :func:`make_mixed_dataset` with one part.
+    """
+    if training:
+        return make_mixed_dataset({"": (images, targets)}, batch_size=batch_size, seed=seed, augment=augment)
     import tensorflow as tf
 
-    ds = tf.data.Dataset.from_tensor_slices((images, targets))
-    if training:
-        ds = ds.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
-    ds = ds.batch(batch_size, drop_remainder=False)
-    if training:
-        aug = augmenter(seed)
-        ds = ds.map(lambda x, y: (aug(tf.cast(x, tf.float32), training=True), y),
-                    num_parallel_calls=tf.data.AUTOTUNE)
-    ds = ds.map(lambda x, y: (preprocess_input(x), y), num_parallel_calls=tf.data.AUTOTUNE)
+    targets, weights = _with_race_mask(targets)
+    ds = tf.data.Dataset.from_tensor_slices((images, targets) if weights is None else (images, targets, weights))
+    ds = ds.batch(batch_size).map(lambda x, *rest: (preprocess_input(x), *rest),
+                                  num_parallel_calls=tf.data.AUTOTUNE)
     return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def dataset_weights(sizes: Mapping[str, int], weights: Mapping[str, float] | None = None) -> dict[str, float]:
+    """Sampling shares per dataset, summing to 1. Default: proportional to size (each image about once per
+    epoch). Raises ``ValueError`` for unknown or missing names, negative weights or an all-zero sum."""
+    if weights is None:
+        weights = dict(sizes)
+    unknown, missing = set(weights) - set(sizes), set(sizes) - set(weights)
+    if unknown or missing:
+        raise ValueError(f"dataset weights for {sorted(unknown)} but no such dataset" if unknown
+                         else f"no dataset weight for {sorted(missing)} (give one for each of {sorted(sizes)})")
+    if any(w < 0 or not math.isfinite(w) for w in weights.values()) or sum(weights.values()) <= 0:
+        raise ValueError(f"dataset weights must be >= 0 with a positive sum, got {dict(weights)}")
+    total = sum(weights.values())
+    return {k: float(weights[k]) / total for k in sizes}
+
+
+def make_mixed_dataset(parts: Mapping[str, tuple[np.ndarray, object]], *, batch_size: int,
+                       weights: Mapping[str, float] | None = None, seed: int = 0, augment: str = "photo",
+                       examples_per_epoch: int | None = None):
+    """Training batches drawn from one or more datasets -> preprocessed, augmented batches, prefetched.
+
+    ``parts``: {dataset: (uint8 crops (N, S, S, 3), targets)}, the same size S and kind of targets in all.
+    ``weights``: {dataset: weight}, normalised by :func:`dataset_weights` (default: proportional to N).
+    An epoch is ``ceil(examples_per_epoch / batch_size)`` batches, by default as many examples as all parts
+    hold together. With one part and that default, every image is seen exactly once per epoch; otherwise
+    each example comes from a dataset drawn with the weights (``tf.data.Dataset.sample_from_datasets``) and
+    each dataset cycles through its images in a new seeded order. The pipeline moves indices; crops are
+    gathered from one tensor, so no shuffle buffer holds images.
+    """
+    import tensorflow as tf
+
+    from train import augment as aug
+
+    if augment not in (*aug.AUGMENTATIONS, "none"):
+        raise ValueError(f"unknown augmentation {augment!r}; expected one of {aug.AUGMENTATIONS} or 'none'")
+    names = list(parts)
+    sizes = {k: len(parts[k][0]) for k in names}
+    if not names or min(sizes.values()) == 0:
+        raise ValueError(f"every dataset needs training images, got {sizes}")
+    shares = dataset_weights(sizes, weights)
+    total = examples_per_epoch or sum(sizes.values())
+    steps = math.ceil(total / batch_size)
+
+    images = tf.constant(parts[names[0]][0] if len(names) == 1 else np.concatenate([parts[k][0] for k in names]))
+    rest = _with_race_mask(_concat([parts[k][1] for k in names]))
+    rest = tf.nest.map_structure(tf.constant, rest[:1] if rest[1] is None else rest)
+    offsets = np.cumsum([0] + [sizes[k] for k in names])
+    streams = [tf.data.Dataset.range(offsets[i], offsets[i + 1]).shuffle(
+        sizes[k], seed=seed + i, reshuffle_each_iteration=True) for i, k in enumerate(names)]
+    if len(names) == 1 and total == sizes[names[0]]:
+        index = streams[0]
+    else:
+        index = tf.data.Dataset.sample_from_datasets(
+            [s.repeat() for s in streams], weights=[shares[k] for k in names], seed=seed,
+            rerandomize_each_iteration=True).take(steps * batch_size)
+
+    def gather(j):
+        return tf.nest.map_structure(lambda t: tf.gather(t, j), rest)
+
+    parallel = tf.data.AUTOTUNE
+    if augment == "photo":  # per-image degradations first: each image gets its own size and JPEG quality
+        ds = aug.with_seeds(index, seed + 1000).map(
+            lambda j, s: (aug.photo_image(tf.gather(images, j), s), *gather(j)), num_parallel_calls=parallel)
+        ds = ds.batch(batch_size)
+    else:
+        ds = index.batch(batch_size).map(lambda j: (tf.gather(images, j), *gather(j)), num_parallel_calls=parallel)
+    if augment == "photo":
+        ds = aug.with_seeds(ds, seed + 2000).map(
+            lambda el, s: (preprocess_input(aug.photo_batch(el[0], s)), *el[1:]), num_parallel_calls=parallel)
+    elif augment == "basic":
+        layers = aug.augmenter(seed)
+        ds = ds.map(lambda x, *r: (preprocess_input(layers(tf.cast(x, tf.float32), training=True)), *r),
+                    num_parallel_calls=parallel)
+    else:
+        ds = ds.map(lambda x, *r: (preprocess_input(x), *r), num_parallel_calls=parallel)
+    return ds.prefetch(parallel)
