@@ -9,7 +9,7 @@ Two recipes (``python -m train --augment {basic,photo}``):
   own random size or quality): Gaussian blur, down-then-up scaling to an effective 20-64 px, JPEG
   re-encoding at low quality. Per batch, with per-image random values: one affine warp for flip, rotation,
   scale and shift (a detector's box noise, one resampling instead of three), brightness and contrast,
-  colour (saturation, hue, white balance), grayscale, and random erasing (occlusion).
+  colour (saturation, hue, white balance: one colour matrix), grayscale, and random erasing (occlusion).
 
 Every function takes and returns float32 RGB in 0..255 and a stateless seed (shape [2] int); the same
 seeds give the same images. :func:`with_seeds` pairs the elements of a dataset with such seeds.
@@ -175,32 +175,45 @@ def random_light(images: tf.Tensor, seed, *, brightness: float = PHOTO.brightnes
     """Brightness (+- ``brightness`` x 255) and contrast (factor 1 +- ``contrast`` about each image's mean)."""
     shape = tf.concat([_per_image(images), [1, 1, 1]], 0)
     s = tf.random.split(seed, 2)
+    factor = _uniform(shape, s[0], 1.0 - contrast, 1.0 + contrast)
     mean = tf.reduce_mean(images, axis=[1, 2], keepdims=True)
-    out = (images - mean) * _uniform(shape, s[0], 1.0 - contrast, 1.0 + contrast) + mean
-    return tf.clip_by_value(out + _uniform(shape, s[1], -brightness, brightness) * 255.0, 0.0, 255.0)
+    offset = (1.0 - factor) * mean + _uniform(shape, s[1], -brightness, brightness) * 255.0
+    return tf.clip_by_value(images * factor + offset, 0.0, 255.0)
+
+
+#: RGB -> YIQ (luma and two chroma axes) and back: saturation scales the chroma, hue rotates it.
+_RGB_TO_YIQ = ((0.299, 0.587, 0.114), (0.596, -0.274, -0.322), (0.211, -0.523, 0.312))
 
 
 def random_colour(images: tf.Tensor, seed, *, p: float = PHOTO.p_colour,
                   saturation: tuple[float, float] = PHOTO.saturation, hue: float = PHOTO.hue,
                   white_balance: float = PHOTO.white_balance) -> tf.Tensor:
-    """With probability ``p`` per image: saturation factor, hue shift and per-channel gains."""
+    """With probability ``p`` per image: saturation factor, hue shift (+- ``hue`` of the circle) and
+    per-channel gains, as one 3 x 3 colour matrix per image (a rotation of the chroma plane in YIQ)."""
     n = _per_image(images)
-    shape = tf.concat([n, [1, 1]], 0)
     s = tf.random.split(seed, 4)
-    hsv = tf.image.rgb_to_hsv(tf.clip_by_value(images / 255.0, 0.0, 1.0))
-    h = tf.math.floormod(hsv[..., 0] + _uniform(shape, s[0], -hue, hue), 1.0)
-    sat = tf.clip_by_value(hsv[..., 1] * _uniform(shape, s[1], *saturation), 0.0, 1.0)
-    rgb = tf.image.hsv_to_rgb(tf.stack([h, sat, hsv[..., 2]], -1)) * 255.0
-    rgb = rgb * _uniform(tf.concat([n, [1, 1, 3]], 0), s[2], 1.0 - white_balance, 1.0 + white_balance)
-    apply = tf.reshape(_uniform(n, s[3], 0.0, 1.0) < p, [-1, 1, 1, 1])
-    return tf.where(apply, tf.clip_by_value(rgb, 0.0, 255.0), images)
+    sat = _uniform(n, s[0], *saturation)
+    theta = _uniform(n, s[1], -hue, hue) * (2.0 * math.pi)
+    gain = _uniform(tf.concat([n, [3]], 0), s[2], 1.0 - white_balance, 1.0 + white_balance)
+    one, zero = tf.ones_like(sat), tf.zeros_like(sat)
+    chroma = tf.reshape(tf.stack([one, zero, zero,
+                                  zero, sat * tf.cos(theta), -sat * tf.sin(theta),
+                                  zero, sat * tf.sin(theta), sat * tf.cos(theta)], axis=1), [-1, 3, 3])
+    to_yiq = tf.constant(_RGB_TO_YIQ, tf.float32)
+    matrix = gain[:, :, None] * (tf.linalg.inv(to_yiq) @ chroma @ to_yiq)
+    apply = tf.reshape(_uniform(n, s[3], 0.0, 1.0) < p, [-1, 1, 1])
+    matrix = tf.where(apply, matrix, tf.eye(3, batch_shape=n))
+    return tf.clip_by_value(tf.einsum("bhwj,bij->bhwi", images, matrix), 0.0, 255.0)
 
 
 def random_grayscale(images: tf.Tensor, seed, *, p: float = PHOTO.p_gray) -> tf.Tensor:
-    """With probability ``p`` per image, its luma in all three channels."""
-    gray = tf.image.grayscale_to_rgb(tf.image.rgb_to_grayscale(images))
-    apply = tf.reshape(_uniform(_per_image(images), seed, 0.0, 1.0) < p, [-1, 1, 1, 1])
-    return tf.where(apply, gray, images)
+    """With probability ``p`` per image, its luma (``tf.image.rgb_to_grayscale``'s weights) in all three
+    channels."""
+    n = _per_image(images)
+    luma = tf.tile(tf.constant([[0.2989, 0.5870, 0.1140]], tf.float32), [3, 1])
+    apply = tf.reshape(_uniform(n, seed, 0.0, 1.0) < p, [-1, 1, 1])
+    matrix = tf.where(apply, luma, tf.eye(3, batch_shape=n))
+    return tf.einsum("bhwj,bij->bhwi", images, matrix)
 
 
 def random_erasing(images: tf.Tensor, seed, *, p: float = PHOTO.p_erase,
@@ -253,3 +266,56 @@ def augmenter(seed: int):
         layers.RandomBrightness(0.15, value_range=(0, 255), seed=seed + 4),
         layers.RandomContrast(0.2, value_range=(0, 255), seed=seed + 5),
     ], name="augment")
+
+
+def benchmark(images, *, batch_size: int = 64, recipes=("none", *AUGMENTATIONS), repeats: int = 2,
+              seed: int = 0) -> dict[str, list[float]]:
+    """Batches per second of the training pipeline alone (no model), per recipe: each pass is one epoch of
+    ``images`` through :func:`train.data.make_dataset` (gather, augment, preprocess, batch)."""
+    import time
+
+    import numpy as np
+
+    from train.data import make_dataset
+
+    targets = np.zeros(len(images), np.float32)
+    out: dict[str, list[float]] = {}
+    for recipe in recipes:
+        ds = make_dataset(images, targets, batch_size=batch_size, training=True, seed=seed, augment=recipe)
+        for _ in ds.take(2):  # build and warm up the pipeline
+            pass
+        out[recipe] = []
+        for _ in range(repeats):
+            started, n = time.perf_counter(), 0
+            for _ in ds:
+                n += 1
+            out[recipe].append(n / (time.perf_counter() - started))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m train.augment --data-dir D``: the pipeline's own throughput (batches/s, no model)."""
+    import argparse
+    import os
+    from pathlib import Path
+
+    parser = argparse.ArgumentParser(prog="python -m train.augment", description=main.__doc__)
+    parser.add_argument("--data-dir", type=Path, required=True)
+    parser.add_argument("--limit", type=int, default=640, help="training images (the first N of the split)")
+    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=2)
+    args = parser.parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from train.data import load_chips, load_or_make_split
+
+    samples = load_or_make_split(args.data_dir)["train"][: args.limit]
+    images = load_chips(args.data_dir, samples, args.size)
+    for recipe, rates in benchmark(images, batch_size=args.batch_size, repeats=args.repeats).items():
+        print(f"{recipe:>5}: " + ", ".join(f"{r:.1f}" for r in rates) + f" batches/s of {args.batch_size} at "
+              f"{args.size} px ({max(rates) * args.batch_size:.0f} images/s)", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
