@@ -111,6 +111,16 @@ def dataset_name(data_dir: Path) -> str:
     return AAF if names and n_aaf * 2 > len(names) else UTKFACE
 
 
+#: What each built-in dataset is, for the models' provenance.
+DATASET_NOTES = {UTKFACE: "UTKFace aligned & cropped (non-commercial research licence)",
+                 AAF: "All-Age-Faces (research use; no race label)"}
+
+
+def describe_dataset(name: str) -> str:
+    """One line about a dataset for the model metadata: the built-in note, or that it is an own folder."""
+    return DATASET_NOTES.get(name, f"{name} (own folder with a {LABELS_CSV})")
+
+
 def default_split_dir(data_dir: Path) -> Path:
     """``train/splits/<dataset>``: where a folder's split lists and landmarks live by default."""
     return SPLITS_ROOT / dataset_name(data_dir)
