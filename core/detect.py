@@ -25,6 +25,11 @@ DETECT_MAX_SIDE = 1280
 DEFAULT_MIN_FACE_SIZE = 20
 DEFAULT_THRESHOLD = 0.95
 
+#: Names the detector and the way its landmarks are computed. Landmarks stored in the repository
+#: (``train/splits/<dataset>/landmarks.npz``, see ``train.landmarks``) carry it, so files made by an older
+#: detector are recognised as stale: bump it whenever detection changes what landmarks come out.
+DETECTOR_VERSION = "mtcnn-1.0.0/two-pass-v2"
+
 #: MTCNN's own smallest face at its default pyramid, in pixels of the image it sees.
 _MTCNN_MIN_FACE = 20
 
@@ -37,9 +42,6 @@ LARGE_PASS_PAD = 0.25
 LARGE_FACE_FRACTION = 0.3
 CUT_VISIBLE_FRACTION = 0.9
 RELAX_FACTOR = 4.0
-
-#: Changes whenever detection can give other boxes or landmarks (stored training landmarks depend on it).
-DETECTOR_VERSION = "mtcnn-1.0.0/two-pass-v2"
 
 LANDMARK_NAMES = ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right")
 

@@ -238,3 +238,45 @@ def test_a_multitask_backbone_stopped_early_publishes_its_history(tmp_path, utk_
         rows = list(csv.DictReader((tmp_path / "models" / "history_multitask.csv").open()))
         record = json.loads((tmp_path / "models" / "multitask_run.json").read_text())
         assert len(rows) == 1 and record["epochs_done"] == 1 and "--resume" in record["note"]
+
+
+def make_aaf_faces(folder, chip, n: int = 24, seed: int = 5) -> None:
+    """All-Age-Faces-named copies of generated chips (no race label in the names)."""
+    make_utk_folder(folder, chip, n=n, seed=seed)
+    for i, path in enumerate(sorted(folder.iterdir())):
+        age, gender = path.name.split("_")[:2]
+        path.rename(folder / f"{age}_{gender}_aaf_{i:05d}.jpg")
+
+
+def test_training_on_two_datasets_reports_each_and_records_the_mix(tmp_path, utk_dir, astronaut_chip):
+    """Two --data-dir: the mix trains, history has each dataset's validation MAE, the run record and the
+    exported metadata name both datasets and their weights; calibration is fitted on the union."""
+    aaf = tmp_path / "aaf"
+    make_aaf_faces(aaf, astronaut_chip)
+    out = tmp_path / "models"
+    args = ["age", "--data-dir", str(utk_dir), "--data-dir", str(aaf), "--split-dir", str(tmp_path / "s_utk"),
+            "--split-dir", str(tmp_path / "s_aaf"), "--schedule", "32:1", "--batch-size", "8",
+            "--dataset-weights", "utkface=1,aaf=3", "--run-dir", str(tmp_path / "run"), "--out-dir", str(out),
+            "--precision", "float32", "--no-cache", "--crop", "chip"]
+    assert train_main(args) == 0
+    rows = list(csv.DictReader((tmp_path / "run" / "history.csv").open()))
+    assert {"val_mae", "val_mae_utkface", "val_mae_aaf"} <= set(rows[0])
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["dataset_weights"] == {"utkface": 0.25, "aaf": 0.75} and config["augment"] == "photo"
+    assert set(config["datasets"]) == {"utkface", "aaf"}
+    assert config["n_train"] == sum(d["n_train"] for d in config["datasets"].values())
+    meta = json.loads((out / "age_model.json").read_text())
+    assert set(meta["validation"]["per_dataset"]) == {"utkface", "aaf"}
+    assert meta["validation"]["n"] == sum(v["n"] for v in meta["validation"]["per_dataset"].values())
+    assert "union of the validation splits of aaf + utkface" in meta["calibration"]["fitted_on"]
+    assert "All-Age-Faces" in meta["provenance"]["dataset"] and "UTKFace" in meta["provenance"]["dataset"]
+    # a multitask backbone on both: AAF has no race label, which the race loss leaves out
+    assert train_main(["multitask", *args[1:args.index("--dataset-weights")], "--run-dir", str(tmp_path / "mt"),
+                       "--out-dir", str(out), "--precision", "float32", "--no-cache", "--augment", "basic"]) == 0
+    rows = list(csv.DictReader((tmp_path / "mt" / "history.csv").open()))
+    assert all(np.isfinite(float(rows[0][k])) for k in ("loss", "race_loss", "val_race_accuracy"))
+    assert {"val_age_mae_aaf", "val_gender_accuracy_utkface"} <= set(rows[0])
+    with pytest.raises(SystemExit):
+        train_main(["age", "--data-dir", str(utk_dir), "--dataset-weights", "utkface:1"])
+    assert train_main(["age", "--data-dir", str(utk_dir), "--split-dir", str(tmp_path / "s_utk"),
+                       "--dataset-weights", "aaf=1", "--run-dir", str(tmp_path / "bad")]) == 2

@@ -1,6 +1,6 @@
 """Calibrate an exported age model on the validation split, through the app's crop.
 
-    python -m train.calibrate --data-dir ../shared/data/utkface [--models-dir models]
+    python -m train.calibrate --data-dir ../shared/data/utkface [--data-dir ../shared/data/aaf] [--models-dir models]
 
 A network trained with MSE predicts the conditional *mean* age; the product reports mean absolute error,
 which the conditional *median* minimises, and UTKFace ages are skewed. A straight line
@@ -10,6 +10,9 @@ outputs calibrated years: nothing changes in ``core`` and the test-time flip ave
 range table is then recalibrated on the calibrated predictions. ``export`` (``python -m train age``) runs
 the same steps; this command applies them to a model exported earlier. Validation predictions use the
 app's crop (MTCNN landmarks of each chip, see :func:`train.data.load_chips`), as the app will see faces.
+With several ``--data-dir`` the line is fitted on the union of their validation splits (one line for all:
+the model does not know which dataset a face comes from), and the validation numbers are also given per
+dataset.
 """
 
 from __future__ import annotations
@@ -49,12 +52,13 @@ def fold_age_affine(model, scale: float, offset: float) -> None:
                        bias * scale + (AGE_MEAN * (scale - 1.0) + offset) / AGE_STD])
 
 
-def calibrate_age_model(model, x_val: np.ndarray, y_val: np.ndarray, *,
-                        previous: dict | None = None) -> tuple[dict, np.ndarray]:
+def calibrate_age_model(model, x_val: np.ndarray, y_val: np.ndarray, *, previous: dict | None = None,
+                        fitted_on: str = "validation split") -> tuple[dict, np.ndarray]:
     """Fit the line on ``model``'s validation predictions (with the flip), fold it in; return the record and
     the calibrated validation predictions.
 
     ``previous``: the calibration already folded into the model, composed with the new one in the record.
+    ``fitted_on``: what ``x_val`` is, for the record (e.g. the union of several datasets' validation splits).
     """
     from core.models import predict_crops
 
@@ -65,9 +69,15 @@ def calibrate_age_model(model, x_val: np.ndarray, y_val: np.ndarray, *,
     if previous:
         scale, offset = scale * previous["scale"], scale * previous["offset"] + offset
     return {"scale": round(scale, 5), "offset": round(offset, 4),
-            "fitted_on": f"validation split, app crops (n={len(y_val)}), least absolute deviations",
+            "fitted_on": f"{fitted_on}, app crops (n={len(y_val)}), least absolute deviations",
             "validation_mae_before": round(float(np.mean(np.abs(before - y_val))), 3),
             "validation_mae_after": round(float(np.mean(np.abs(after - y_val))), 3)}, after
+
+
+def fitted_on(datasets: list[str]) -> str:
+    """What the calibration was fitted on, for its record."""
+    names = sorted(set(datasets))
+    return "validation split" if len(names) < 2 else f"union of the validation splits of {' + '.join(names)}"
 
 
 def age_metadata(record: dict, calibrated: np.ndarray, y_val: np.ndarray) -> dict:
@@ -85,14 +95,17 @@ def main(argv: list[str] | None = None) -> int:
     import keras
 
     from core.models import DEFAULT_MODELS_DIR, MODEL_FILES, read_metadata
-    from train.data import DEFAULT_SPLIT_DIR, labels, load_chips, load_or_make_split
+    from train.data import labels, load_chips_of, load_or_make_split, sources
     from train.model import compile_args
+    from train.trainer import validation_by_dataset
 
     parser = argparse.ArgumentParser(prog="python -m train.calibrate", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data-dir", type=Path, required=True)
+    parser.add_argument("--data-dir", type=Path, action="append", required=True,
+                        help="a dataset folder (repeat for several: their validation splits together)")
     parser.add_argument("--models-dir", type=Path, default=DEFAULT_MODELS_DIR)
-    parser.add_argument("--split-dir", type=Path, default=DEFAULT_SPLIT_DIR)
+    parser.add_argument("--split-dir", type=Path, action="append",
+                        help="split folder of each --data-dir, in the same order (default train/splits/<dataset>)")
     args = parser.parse_args(argv)
 
     path = args.models_dir / MODEL_FILES["age"]
@@ -100,17 +113,27 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: no age model at {path}", file=sys.stderr)
         return 2
     metadata = read_metadata(path)
-    val = load_or_make_split(args.data_dir, args.split_dir)["val"]
+    try:
+        srcs = sources(args.data_dir, args.split_dir)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    val = [s for src in srcs.values() for s in load_or_make_split(src.data_dir, src.split_dir)["val"]]
     if not val:
-        print(f"error: no validation samples of the saved split in {args.data_dir}", file=sys.stderr)
+        print(f"error: no validation samples of the saved split in {', '.join(map(str, args.data_dir))}",
+              file=sys.stderr)
         return 2
     model = keras.models.load_model(path, compile=False)
-    x_val = load_chips(args.data_dir, val, metadata["input_size"], align=True)
+    x_val = load_chips_of(srcs, val, metadata["input_size"], align=True)
     y_val = labels(val, "age")
-    record, after = calibrate_age_model(model, x_val, y_val, previous=metadata.get("calibration"))
+    record, after = calibrate_age_model(model, x_val, y_val, previous=metadata.get("calibration"),
+                                        fitted_on=fitted_on(list(srcs)))
     model.compile(optimizer="adam", loss=compile_args("age")["loss"])  # the loss reloads with the .h5
     model.save(path)
     metadata.update(age_metadata(record, after, y_val))
+    by_dataset = validation_by_dataset("age", after, y_val, val)
+    if by_dataset:
+        metadata["validation"]["per_dataset"] = by_dataset
     path.with_suffix(".json").write_text(json.dumps(metadata, indent=2))
     print(f"{path}: age' = {record['scale']} * age + {record['offset']}; validation MAE "
           f"{record['validation_mae_before']} -> {record['validation_mae_after']}; range coverage "

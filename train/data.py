@@ -1,15 +1,26 @@
-"""UTKFace: names -> labels, duplicate groups, the saved split, and the tf.data pipelines.
+"""Datasets of labelled faces: names -> labels, duplicate groups, the saved splits, chips and tf.data pipelines.
 
-File names are ``[age]_[gender]_[race]_[datetime].jpg.chip.jpg`` (gender 0 male, 1 female; race 0-4).
-Malformed names are skipped and counted. Byte-identical files form a group that stays on one side of the
-split. The split is seeded, stratified by age bucket x gender, and saved as three file lists.
+Three kinds of folder load the same way (:func:`scan`, :func:`load_or_make_split`):
+
+- **UTKFace** chips ``[age]_[gender]_[race]_[datetime].jpg.chip.jpg`` (gender 0 male, 1 female; race 0-4);
+- **All-Age-Faces** crops ``[age]_[gender]_aaf_[number].jpg`` (same gender coding; no race label);
+- **your own folder** with a ``labels.csv`` (columns ``file,age,gender`` and optionally ``race``), which
+  loads as a dataset named after the folder.
+
+UTKFace and AAF are recognised by their file names (:func:`dataset_name`). Malformed names (bad rows of a
+``labels.csv``) are skipped and counted. Byte-identical files form a group that stays on one side of the
+split. The split is seeded, stratified by age bucket x gender, and saved as three file lists in
+``train/splits/<dataset>/``, next to the dataset's MTCNN landmarks (:mod:`train.landmarks`).
 """
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import math
 import re
 from collections import defaultdict
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,21 +31,34 @@ from core.crop import crop_face
 from core.image import load_image
 from core.vggface import preprocess_input
 
+UTKFACE, AAF = "utkface", "aaf"
 NAME_RE = re.compile(r"^(\d{1,3})_([01])_([0-4])_(\d+)\.jpg\.chip\.jpg$")
+AAF_NAME_RE = re.compile(r"^(\d{1,3})_([01])_aaf_(\d+)\.jpg$")
+#: The file that makes a folder a dataset of its own: columns file, age, gender and optionally race.
+LABELS_CSV = "labels.csv"
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+MAX_AGE = 116  # UTKFace's oldest label; names above it are malformed
 
 #: Age buckets used for stratification and for per-bucket evaluation.
 AGE_BUCKETS = ((0, 12), (13, 19), (20, 39), (40, 59), (60, 200))
 SPLITS = ("train", "val", "test")
-DEFAULT_SPLIT_DIR = Path(__file__).resolve().parent / "splits"
+#: ``train/splits/<dataset>/`` holds each dataset's split lists and landmarks.
+SPLITS_ROOT = Path(__file__).resolve().parent / "splits"
+#: The UTKFace split (the shipped models' split). Kept for callers that pass a split folder explicitly;
+#: ``split_dir=None`` picks ``train/splits/<dataset>`` for any folder.
+DEFAULT_SPLIT_DIR = SPLITS_ROOT / UTKFACE
 CACHE_DIR = Path(__file__).resolve().parent.parent / ".cache"
 
 
 @dataclass(frozen=True)
 class Sample:
+    """One labelled image: ``name`` is its path relative to the dataset folder."""
+
     name: str
     age: int
     gender: int  # 0 male, 1 female
-    race: int
+    race: int  # UTKFace coding 0-4; -1 where unknown (AAF, a labels.csv without race)
+    dataset: str = UTKFACE
 
 
 def parse_name(name: str) -> Sample | None:
@@ -43,9 +67,63 @@ def parse_name(name: str) -> Sample | None:
     if not m:
         return None
     age, gender, race = int(m.group(1)), int(m.group(2)), int(m.group(3))
-    if not 0 < age <= 116:
+    if not 0 < age <= MAX_AGE:
         return None
-    return Sample(name, age, gender, race)
+    return Sample(name, age, gender, race, UTKFACE)
+
+
+def parse_aaf_name(name: str) -> Sample | None:
+    """Labels from an All-Age-Faces file name ``[age]_[gender]_aaf_[number].jpg``, or ``None`` when malformed.
+    AAF has no race label (``race=-1``)."""
+    m = AAF_NAME_RE.match(name)
+    if not m:
+        return None
+    age, gender = int(m.group(1)), int(m.group(2))
+    if not 0 < age <= MAX_AGE:
+        return None
+    return Sample(name, age, gender, -1, AAF)
+
+
+#: Datasets recognised by their file names.
+NAME_PARSERS = {UTKFACE: parse_name, AAF: parse_aaf_name}
+
+
+def _image_names(data_dir: Path) -> list[str]:
+    return sorted(p.name for p in Path(data_dir).iterdir()
+                  if p.is_file() and p.name.lower().endswith(IMAGE_SUFFIXES))
+
+
+def dataset_name(data_dir: Path) -> str:
+    """``"utkface"``, ``"aaf"``, or the folder's own name for a folder with a ``labels.csv``.
+
+    Without a ``labels.csv`` the file names decide: ``aaf`` when most of them contain ``_aaf_``, otherwise
+    ``utkface`` (also for a folder of badly named files, which then scans as all malformed).
+    """
+    data_dir = Path(data_dir)
+    if (data_dir / LABELS_CSV).is_file():
+        name = data_dir.resolve().name
+        if name in NAME_PARSERS:
+            raise ValueError(f"{data_dir}: a folder with a {LABELS_CSV} may not be called {name!r} "
+                             f"(the name of a built-in dataset); rename it")
+        return name
+    names = _image_names(data_dir)
+    n_aaf = sum("_aaf_" in n for n in names)
+    return AAF if names and n_aaf * 2 > len(names) else UTKFACE
+
+
+#: What each built-in dataset is, for the models' provenance.
+DATASET_NOTES = {UTKFACE: "UTKFace aligned & cropped (non-commercial research licence)",
+                 AAF: "All-Age-Faces (research use; no race label)"}
+
+
+def describe_dataset(name: str) -> str:
+    """One line about a dataset for the model metadata: the built-in note, or that it is an own folder."""
+    return DATASET_NOTES.get(name, f"{name} (own folder with a {LABELS_CSV})")
+
+
+def default_split_dir(data_dir: Path) -> Path:
+    """``train/splits/<dataset>``: where a folder's split lists and landmarks live by default."""
+    return SPLITS_ROOT / dataset_name(data_dir)
 
 
 def age_bucket(age: float) -> str:
@@ -56,14 +134,56 @@ def age_bucket(age: float) -> str:
 
 
 def scan(data_dir: Path) -> tuple[list[Sample], list[str]]:
-    """All well-named samples in ``data_dir`` (sorted) and the malformed names that were skipped."""
+    """All well-labelled samples in ``data_dir`` (sorted by name) and the malformed entries that were skipped:
+    file names for UTKFace and AAF, ``"labels.csv line N: reason"`` for a folder with a ``labels.csv``."""
+    kind = dataset_name(data_dir)
+    if kind not in NAME_PARSERS:
+        return _scan_labels_csv(Path(data_dir), kind)
+    parse = NAME_PARSERS[kind]
     samples, malformed = [], []
-    for path in sorted(p for p in Path(data_dir).iterdir() if p.is_file()):
-        if not path.name.lower().endswith((".jpg", ".jpeg", ".png")):
-            continue
-        s = parse_name(path.name)
-        (samples.append(s) if s else malformed.append(path.name))
+    for name in _image_names(data_dir):
+        s = parse(name)
+        (samples.append(s) if s else malformed.append(name))
     return samples, malformed
+
+
+_GENDERS = {"0": 0, "1": 1, "m": 0, "male": 0, "f": 1, "female": 1}
+
+
+def _scan_labels_csv(data_dir: Path, dataset: str) -> tuple[list[Sample], list[str]]:
+    """Rows of ``labels.csv``: ``file`` (path relative to the folder), ``age`` (whole years 0-116), ``gender``
+    (0/1, m/f or male/female; 1 = female) and optionally ``race`` (0-4 in UTKFace's coding, empty = unknown)."""
+    path = data_dir / LABELS_CSV
+    with path.open(newline="", encoding="utf-8-sig") as f:
+        reader = csv.DictReader(f)
+        columns = {c.strip().lower(): c for c in reader.fieldnames or ()}
+        missing = {"file", "age", "gender"} - set(columns)
+        if missing:
+            raise ValueError(f"{path}: missing column(s) {', '.join(sorted(missing))} "
+                             f"(expected file,age,gender[,race])")
+        rows = [(reader.line_num, {k: (row.get(c) or "").strip() for k, c in columns.items()}) for row in reader]
+    samples: dict[str, Sample] = {}
+    malformed = []
+    for line, row in rows:
+        reason = None
+        name, age, gender, race = row["file"], row["age"], row["gender"].lower(), row.get("race", "")
+        if not name or Path(name).is_absolute() or ".." in Path(name).parts:
+            reason = f"bad file {name!r} (a path inside the folder)"
+        elif not name.lower().endswith(IMAGE_SUFFIXES) or not (data_dir / name).is_file():
+            reason = f"no image {name!r}"
+        elif name in samples:
+            reason = f"{name!r} listed twice"
+        elif not age.isdigit() or int(age) > MAX_AGE:
+            reason = f"age {age!r} is not a whole number 0-{MAX_AGE}"
+        elif gender not in _GENDERS:
+            reason = f"gender {row['gender']!r} is not 0/1, m/f or male/female"
+        elif race not in ("", "-1", "0", "1", "2", "3", "4"):
+            reason = f"race {race!r} is not 0-4 or empty"
+        if reason:
+            malformed.append(f"{LABELS_CSV} line {line}: {reason}")
+            continue
+        samples[name] = Sample(name, int(age), _GENDERS[gender], int(race or -1), dataset)
+    return sorted(samples.values(), key=lambda s: s.name), malformed
 
 
 def duplicate_groups(data_dir: Path, names: list[str]) -> list[list[str]]:
@@ -97,74 +217,134 @@ def make_split(samples: list[Sample], groups: list[list[str]], *, seed: int = 42
     return {k: sorted(v) for k, v in out.items()}
 
 
-def load_or_make_split(data_dir: Path, split_dir: Path = DEFAULT_SPLIT_DIR, *, seed: int = 42,
+def load_or_make_split(data_dir: Path, split_dir: Path | None = None, *, seed: int = 42,
                        log=print) -> dict[str, list[Sample]]:
-    """Read the saved split; create and save it first when absent. Names missing from ``data_dir`` are
-    dropped (and counted), so the split also works on a subset of the data."""
+    """Read the saved split of ``data_dir``; create and save it first when absent.
+
+    ``split_dir=None`` means ``train/splits/<dataset>`` (:func:`dataset_name`). Names missing from
+    ``data_dir`` are dropped (and counted), so the split also works on a subset of the data.
+    """
+    split_dir = Path(split_dir) if split_dir is not None else default_split_dir(data_dir)
     samples, malformed = scan(data_dir)
     if malformed:
-        log(f"skipped {len(malformed)} malformed file names, e.g. {malformed[:3]}")
+        log(f"skipped {len(malformed)} malformed entries in {data_dir}, e.g. {malformed[:3]}")
     by_name = {s.name: s for s in samples}
-    files = {k: Path(split_dir) / f"{k}.txt" for k in SPLITS}
+    files = {k: split_dir / f"{k}.txt" for k in SPLITS}
     if not all(f.is_file() for f in files.values()):
         groups = duplicate_groups(data_dir, [s.name for s in samples])
         n_dup = sum(len(g) for g in groups if len(g) > 1)
         log(f"{len(samples)} samples, {n_dup} files in {sum(len(g) > 1 for g in groups)} duplicate groups")
         split = make_split(samples, groups, seed=seed)
-        Path(split_dir).mkdir(parents=True, exist_ok=True)
+        split_dir.mkdir(parents=True, exist_ok=True)
         for k, f in files.items():
-            f.write_text("\n".join(split[k]) + "\n")
+            f.write_text("".join(f"{n}\n" for n in split[k]))
         log(f"saved split to {split_dir}: " + ", ".join(f"{k} {len(v)}" for k, v in split.items()))
     result = {}
     for k, f in files.items():
-        names = [n for n in f.read_text().split() if n]
+        names = [n for n in f.read_text().splitlines() if n.strip()]
         result[k] = [by_name[n] for n in names if n in by_name]
         if len(result[k]) < len(names):
             log(f"{k}: {len(names) - len(result[k])} listed files are not in {data_dir}")
     return result
 
 
-def chip_landmarks(data_dir: Path, samples: list[Sample], *, cache: bool = True,
-                   progress: bool = False) -> np.ndarray:
-    """MTCNN landmarks of the largest face on each chip, exactly as the app detects it -> (N, 5, 2) float32,
-    NaN where no face is found. Cached in ``.cache/`` keyed by the file list."""
-    from core.detect import detect_faces
+@dataclass(frozen=True)
+class Source:
+    """One dataset folder with the folder of its split lists and landmarks (``train/splits/<name>``)."""
 
-    key = hashlib.sha1(("\n".join(s.name for s in samples) + f"|{Path(data_dir).resolve()}").encode())
-    path = CACHE_DIR / f"landmarks_{key.hexdigest()[:16]}.npy"
-    if cache and path.is_file():
-        return np.load(path)
-    out = np.full((len(samples), 5, 2), np.nan, np.float32)
-    for i, sample in enumerate(samples):
-        faces = detect_faces(load_image(Path(data_dir) / sample.name))
-        if faces:
-            out[i] = faces[0].landmark_array()
-        if progress and (i + 1) % 1000 == 0:
-            print(f"landmarks: {i + 1}/{len(samples)}", flush=True)
-    if cache:
-        CACHE_DIR.mkdir(exist_ok=True)
-        np.save(path, out)
+    name: str
+    data_dir: Path
+    split_dir: Path
+
+    @classmethod
+    def of(cls, data_dir: Path, split_dir: Path | None = None) -> Source:
+        data_dir = Path(data_dir)
+        if not data_dir.is_dir():
+            raise FileNotFoundError(f"{data_dir} is not a folder")
+        name = dataset_name(data_dir)
+        return cls(name, data_dir, Path(split_dir) if split_dir is not None else SPLITS_ROOT / name)
+
+    @property
+    def landmarks_file(self) -> Path:
+        from train.landmarks import STORE_NAME
+
+        return self.split_dir / STORE_NAME
+
+
+def sources(data_dirs: list[Path], split_dirs: list[Path] | None = None) -> dict[str, Source]:
+    """Repeated ``--data-dir`` (and optional ``--split-dir``, matched by position) -> {dataset name: Source}."""
+    split_dirs = list(split_dirs or [])
+    if split_dirs and len(split_dirs) != len(data_dirs):
+        raise ValueError(f"{len(split_dirs)} --split-dir for {len(data_dirs)} --data-dir: give one per "
+                         "--data-dir, in the same order, or none (train/splits/<dataset>)")
+    out: dict[str, Source] = {}
+    for i, data_dir in enumerate(data_dirs):
+        src = Source.of(data_dir, split_dirs[i] if split_dirs else None)
+        if src.name in out:
+            raise ValueError(f"{out[src.name].data_dir} and {data_dir} are both dataset {src.name!r}")
+        out[src.name] = src
     return out
 
 
-def load_chips(data_dir: Path, samples: list[Sample], size: int, *, cache: bool = True,
-               align: bool = False) -> np.ndarray:
-    """Decode chips and put each through :func:`core.crop.crop_face` -> (N, size, size, 3) uint8.
+def chip_landmarks(data_dir: Path, samples: list[Sample], *, cache: bool = True, progress: bool = False,
+                   store: Path | None = None) -> np.ndarray:
+    """MTCNN landmarks of the largest face on each image, exactly as the app detects it -> (N, 5, 2) float32,
+    NaN where no face is found.
 
-    ``align=False`` feeds the chip as it is (``landmarks=None``): the path of inference with
-    ``detect=False``. ``align=True`` is the app's path: MTCNN landmarks of the chip's face
-    (:func:`chip_landmarks`) onto the chip template, the chip frame where no face is found. Results are
-    cached in ``.cache/`` keyed by the file list, size and mode.
+    Read first from the dataset's landmarks file in the repository (``store``; default
+    ``train/splits/<dataset>/landmarks.npz``, see :mod:`train.landmarks`), then, with ``cache``, from this
+    machine's ``.cache/``; only names found in neither are computed (and added to ``.cache/``). Entries are
+    keyed by file name and file size, and used only when made by the current detector version.
     """
-    key = hashlib.sha1(("\n".join(s.name for s in samples) + f"|{size}|{Path(data_dir).resolve()}").encode())
-    path = CACHE_DIR / f"{'aligned' if align else 'chips'}_{size}_{key.hexdigest()[:16]}.npy"
+    from train import landmarks as lm
+
+    data_dir = Path(data_dir)
+    names = [s.name for s in samples]
+    store = Path(store) if store is not None else default_split_dir(data_dir) / lm.STORE_NAME
+    out = np.full((len(names), 5, 2), np.nan, np.float32)
+    found = np.zeros(len(names), bool)
+    lm.lookup(lm.read_current(store), data_dir, names, out, found)
+    local = CACHE_DIR / f"landmarks_{dataset_name(data_dir)}_{_folder_key(data_dir)}.npz"
+    local_table = lm.read_current(local, warn=False) if cache else {}
+    lm.lookup(local_table, data_dir, names, out, found)
+    todo = [n for n, f in zip(names, found) if not f]
+    if todo:
+        if progress:
+            print(f"landmarks: {len(names) - len(todo)} of {len(names)} stored, computing {len(todo)} "
+                  f"(python -m train.landmarks stores them in the repository)", flush=True)
+        computed = lm.compute(data_dir, todo, progress=1000 if progress else 0)
+        lm.lookup(computed, data_dir, names, out, found)
+        if cache:
+            lm.write_landmarks(local, {**local_table, **computed}, dataset=dataset_name(data_dir))
+    return out
+
+
+def _folder_key(data_dir: Path) -> str:
+    return hashlib.sha1(str(Path(data_dir).resolve()).encode()).hexdigest()[:12]
+
+
+def load_chips(data_dir: Path, samples: list[Sample], size: int, *, cache: bool = True,
+               align: bool = False, store: Path | None = None) -> np.ndarray:
+    """Decode images and put each through :func:`core.crop.crop_face` -> (N, size, size, 3) uint8.
+
+    ``align=False`` feeds the image as it is (``landmarks=None``): the path of inference with
+    ``detect=False`` (a non-square image is stretched to the square). ``align=True`` is the app's path:
+    MTCNN landmarks of the image's face (:func:`chip_landmarks`, ``store`` is its landmarks file) onto the
+    chip template, the whole image where no face is found. Results are cached in ``.cache/`` keyed by the
+    dataset, the file list, the folder, the size and, when aligned, the landmarks themselves.
+    """
+    data_dir = Path(data_dir)
+    marks = chip_landmarks(data_dir, samples, cache=cache, progress=True, store=store) if align else None
+    key = hashlib.sha1(("\n".join(s.name for s in samples) + f"|{size}|{data_dir.resolve()}").encode())
+    if marks is not None:
+        key.update(marks.tobytes())
+    path = CACHE_DIR / f"{'aligned' if align else 'chips'}_{dataset_name(data_dir)}_{size}_{key.hexdigest()[:16]}.npy"
     if cache and path.is_file():
         return np.load(path)
-    marks = chip_landmarks(data_dir, samples, cache=cache, progress=True) if align else None
 
     def one(i: int) -> np.ndarray:
         lm = None if marks is None or np.isnan(marks[i]).any() else marks[i].astype(np.float64)
-        return crop_face(load_image(Path(data_dir) / samples[i].name), lm, size)
+        return crop_face(load_image(data_dir / samples[i].name), lm, size)
 
     with ThreadPoolExecutor(max_workers=2) as pool:
         arr = (np.stack(list(pool.map(one, range(len(samples))))) if samples
@@ -175,8 +355,24 @@ def load_chips(data_dir: Path, samples: list[Sample], size: int, *, cache: bool 
     return arr
 
 
+def load_chips_of(srcs: Mapping[str, Source], samples: list[Sample], size: int, *, cache: bool = True,
+                  align: bool = False) -> np.ndarray:
+    """:func:`load_chips` for samples of several datasets (``sample.dataset`` picks the source; each
+    dataset is loaded and cached on its own) -> one array in the order of ``samples``."""
+    unknown = {s.dataset for s in samples} - set(srcs)
+    if unknown:
+        raise ValueError(f"samples of dataset(s) {sorted(unknown)} but no folder for them")
+    out = np.zeros((len(samples), size, size, 3), np.uint8)
+    for name, src in srcs.items():
+        idx = [i for i, s in enumerate(samples) if s.dataset == name]
+        if idx:
+            out[idx] = load_chips(src.data_dir, [samples[i] for i in idx], size, cache=cache, align=align,
+                                  store=src.landmarks_file)
+    return out
+
+
 def labels(samples: list[Sample], task: str) -> dict[str, np.ndarray] | np.ndarray:
-    """Targets for a task: age in years (float32), gender 1 = female (float32), race 0-4 (int32)."""
+    """Targets for a task: age in years (float32), gender 1 = female (float32), race 0-4 (int32; -1 unknown)."""
     age = np.array([s.age for s in samples], np.float32)
     gender = np.array([s.gender for s in samples], np.float32)
     race = np.array([s.race for s in samples], np.int32)
@@ -187,35 +383,116 @@ def labels(samples: list[Sample], task: str) -> dict[str, np.ndarray] | np.ndarr
     return {"age": age, "gender": gender, "race": race}
 
 
-def augmenter(seed: int):
-    """Training-only augmentation: flip, small rotation / scale / shift, brightness and contrast."""
-    import keras
-    from keras import layers
-
-    return keras.Sequential([
-        layers.RandomFlip("horizontal", seed=seed),
-        layers.RandomRotation(10 / 360, fill_mode="constant", seed=seed + 1),
-        layers.RandomZoom((-0.1, 0.1), fill_mode="constant", seed=seed + 2),
-        layers.RandomTranslation(0.05, 0.05, fill_mode="constant", seed=seed + 3),
-        layers.RandomBrightness(0.15, value_range=(0, 255), seed=seed + 4),
-        layers.RandomContrast(0.2, value_range=(0, 255), seed=seed + 5),
-    ], name="augment")
+def _with_race_mask(targets):
+    """Multitask targets -> (targets, sample weights): an unknown race (-1, e.g. AAF) becomes class 0 with
+    weight 0 in the race loss and its (weighted) accuracy; ``None`` weights for single-task targets."""
+    if not isinstance(targets, Mapping) or "race" not in targets:
+        return targets, None
+    race = np.asarray(targets["race"])
+    weights = {k: np.ones(len(race), np.float32) for k in targets}
+    weights["race"] = (race >= 0).astype(np.float32)
+    return {**targets, "race": np.maximum(race, 0).astype(race.dtype)}, weights
 
 
-def make_dataset(images: np.ndarray, targets, *, batch_size: int, training: bool, seed: int = 0):
-    """tf.data pipeline: (shuffle, augment) -> VGGFace preprocessing -> batches, prefetched."""
+def _concat(trees: list):
+    """Concatenate arrays, or dicts of arrays with the same keys, along the first axis."""
+    if isinstance(trees[0], Mapping):
+        return {k: np.concatenate([t[k] for t in trees]) for k in trees[0]}
+    return np.concatenate(trees)
+
+
+def make_dataset(images: np.ndarray, targets, *, batch_size: int, training: bool, seed: int = 0,
+                 augment: str = "photo"):
+    """tf.data pipeline of one array of uint8 crops and their targets -> preprocessed batches, prefetched.
+
+    ``training=False`` (validation): batches in order, :func:`core.vggface.preprocess_input`, nothing random.
+    ``training=True``: every image once per epoch in a new seeded order, augmented (``augment``: ``basic``,
+    ``photo`` or ``none``, see :mod:`train.augment`); :func:`make_mixed_dataset` with one part.
+    """
+    if training:
+        return make_mixed_dataset({"": (images, targets)}, batch_size=batch_size, seed=seed, augment=augment)
     import tensorflow as tf
 
-    ds = tf.data.Dataset.from_tensor_slices((images, targets))
-    if training:
-        ds = ds.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
-    ds = ds.batch(batch_size, drop_remainder=False)
-    if training:
-        aug = augmenter(seed)
-        # In order, one batch at a time: the random layers draw from seeded generators whose state is a
-        # variable, and parallel calls drew in thread order, so the same --seed gave other augmentations
-        # (and other weights) from run to run. Still far ahead of training: about 770 img/s at 96 px on
-        # 2 cores here (1260 in parallel) against 40-64 img/s for the training steps.
-        ds = ds.map(lambda x, y: (aug(tf.cast(x, tf.float32), training=True), y))
-    ds = ds.map(lambda x, y: (preprocess_input(x), y), num_parallel_calls=tf.data.AUTOTUNE)
+    targets, weights = _with_race_mask(targets)
+    ds = tf.data.Dataset.from_tensor_slices((images, targets) if weights is None else (images, targets, weights))
+    ds = ds.batch(batch_size).map(lambda x, *rest: (preprocess_input(x), *rest),
+                                  num_parallel_calls=tf.data.AUTOTUNE)
     return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def dataset_weights(sizes: Mapping[str, int], weights: Mapping[str, float] | None = None) -> dict[str, float]:
+    """Sampling shares per dataset, summing to 1. Default: proportional to size (each image about once per
+    epoch). Raises ``ValueError`` for unknown or missing names, negative weights or an all-zero sum."""
+    if weights is None:
+        weights = dict(sizes)
+    unknown, missing = set(weights) - set(sizes), set(sizes) - set(weights)
+    if unknown or missing:
+        raise ValueError(f"dataset weights for {sorted(unknown)} but no such dataset" if unknown
+                         else f"no dataset weight for {sorted(missing)} (give one for each of {sorted(sizes)})")
+    if any(w < 0 or not math.isfinite(w) for w in weights.values()) or sum(weights.values()) <= 0:
+        raise ValueError(f"dataset weights must be >= 0 with a positive sum, got {dict(weights)}")
+    total = sum(weights.values())
+    return {k: float(weights[k]) / total for k in sizes}
+
+
+def make_mixed_dataset(parts: Mapping[str, tuple[np.ndarray, object]], *, batch_size: int,
+                       weights: Mapping[str, float] | None = None, seed: int = 0, augment: str = "photo",
+                       examples_per_epoch: int | None = None):
+    """Training batches drawn from one or more datasets -> preprocessed, augmented batches, prefetched.
+
+    ``parts``: {dataset: (uint8 crops (N, S, S, 3), targets)}, the same size S and kind of targets in all.
+    ``weights``: {dataset: weight}, normalised by :func:`dataset_weights` (default: proportional to N).
+    An epoch is ``ceil(examples_per_epoch / batch_size)`` batches, by default as many examples as all parts
+    hold together. With one part and that default, every image is seen exactly once per epoch; otherwise
+    each example comes from a dataset drawn with the weights (``tf.data.Dataset.sample_from_datasets``) and
+    each dataset cycles through its images in a new seeded order. The pipeline moves indices; crops are
+    gathered from one tensor, so no shuffle buffer holds images.
+    """
+    import tensorflow as tf
+
+    from train import augment as aug
+
+    if augment not in (*aug.AUGMENTATIONS, "none"):
+        raise ValueError(f"unknown augmentation {augment!r}; expected one of {aug.AUGMENTATIONS} or 'none'")
+    names = list(parts)
+    sizes = {k: len(parts[k][0]) for k in names}
+    if not names or min(sizes.values()) == 0:
+        raise ValueError(f"every dataset needs training images, got {sizes}")
+    shares = dataset_weights(sizes, weights)
+    total = examples_per_epoch or sum(sizes.values())
+    steps = math.ceil(total / batch_size)
+
+    images = tf.constant(parts[names[0]][0] if len(names) == 1 else np.concatenate([parts[k][0] for k in names]))
+    rest = _with_race_mask(_concat([parts[k][1] for k in names]))
+    rest = tf.nest.map_structure(tf.constant, rest[:1] if rest[1] is None else rest)
+    offsets = np.cumsum([0] + [sizes[k] for k in names])
+    streams = [tf.data.Dataset.range(offsets[i], offsets[i + 1]).shuffle(
+        sizes[k], seed=seed + i, reshuffle_each_iteration=True) for i, k in enumerate(names)]
+    if len(names) == 1 and total == sizes[names[0]]:
+        index = streams[0]
+    else:
+        index = tf.data.Dataset.sample_from_datasets(
+            [s.repeat() for s in streams], weights=[shares[k] for k in names], seed=seed,
+            rerandomize_each_iteration=True).take(steps * batch_size)
+
+    def gather(j):
+        return tf.nest.map_structure(lambda t: tf.gather(t, j), rest)
+
+    parallel = tf.data.AUTOTUNE
+    if augment == "photo":  # per-image degradations first: each image gets its own size and JPEG quality
+        ds = aug.with_seeds(index, seed + 1000).map(
+            lambda j, s: (aug.photo_image(tf.gather(images, j), s), *gather(j)), num_parallel_calls=parallel)
+        ds = ds.batch(batch_size)
+    else:
+        ds = index.batch(batch_size).map(lambda j: (tf.gather(images, j), *gather(j)), num_parallel_calls=parallel)
+    if augment == "photo":
+        ds = aug.with_seeds(ds, seed + 2000).map(
+            lambda el, s: (preprocess_input(aug.photo_batch(el[0], s)), *el[1:]), num_parallel_calls=parallel)
+    elif augment == "basic":
+        layers = aug.augmenter(seed)
+        # One batch at a time: the Keras random layers draw from seeded generators whose state is a variable,
+        # and parallel calls draw in thread order, so the same --seed would give other augmentations.
+        ds = ds.map(lambda x, *r: (preprocess_input(layers(tf.cast(x, tf.float32), training=True)), *r))
+    else:
+        ds = ds.map(lambda x, *r: (preprocess_input(x), *r), num_parallel_calls=parallel)
+    return ds.prefetch(parallel)

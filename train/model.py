@@ -50,15 +50,18 @@ def compile_args(task: str) -> dict:
     """Keras ``compile`` keyword arguments (loss, metrics, loss_weights) for a task's model.
 
     Multitask models get one entry per output and loss weights that put the age MSE (in years squared) on
-    the scale of the cross-entropies. Loss names are the ones that reload from Keras 3 ``.h5`` files.
+    the scale of the cross-entropies; the race loss and accuracy leave out images whose race is unknown.
+    Loss names are the ones that reload from Keras 3 ``.h5`` files.
     """
     losses = {"age": "mean_squared_error", "gender": "binary_crossentropy",
               "race": "sparse_categorical_crossentropy"}
-    metrics = {"age": ["mae"], "gender": ["accuracy", keras.metrics.AUC(name="auc")], "race": ["accuracy"]}
+    metrics = {"age": ["mae"], "gender": ["accuracy", keras.metrics.AUC(name="auc")]}
     if task != "multitask":
         return {"loss": losses[task], "metrics": metrics[task]}
     weights = {"age": 1.0 / AGE_STD**2, "gender": 1.0, "race": 0.5}
-    return {"loss": losses, "metrics": metrics, "loss_weights": weights}
+    # race accuracy is weighted: images without a race label (AAF) have race weight 0 (see train.data)
+    return {"loss": losses, "metrics": metrics, "weighted_metrics": {"race": ["accuracy"]},
+            "loss_weights": weights}
 
 
 def freeze_blocks(model: keras.Model, n_blocks: int) -> list[str]:

@@ -36,16 +36,18 @@ def main(argv: list[str] | None = None) -> int:
     import keras
 
     from core.models import DEFAULT_MODELS_DIR
-    from train.data import DEFAULT_SPLIT_DIR, load_or_make_split
+    from train.data import load_or_make_split, sources
     from train.trainer import publish_history, save_model
 
     parser = argparse.ArgumentParser(prog="python -m train.soup", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("task", choices=("age", "gender"))
     parser.add_argument("runs", nargs="+", type=Path, help="finished run folders (runs/<name>)")
-    parser.add_argument("--data-dir", type=Path, required=True)
+    parser.add_argument("--data-dir", type=Path, action="append", required=True,
+                        help="the runs' dataset folder(s), repeated as in training")
     parser.add_argument("--out-dir", type=Path, default=DEFAULT_MODELS_DIR)
-    parser.add_argument("--split-dir", type=Path, default=DEFAULT_SPLIT_DIR)
+    parser.add_argument("--split-dir", type=Path, action="append",
+                        help="split folder of each --data-dir, in the same order (default train/splits/<dataset>)")
     args = parser.parse_args(argv)
 
     configs = []
@@ -72,8 +74,13 @@ def main(argv: list[str] | None = None) -> int:
     config = {**configs[0], "soup_of": [{"run": name, "seed": c["seed"]} for name, c in zip(names, configs)],
               "init_note": f"uniform soup (weight average) of {len(names)} fine-tunes ({', '.join(names)}), "
                            f"each: {configs[0].get('init_note')}"}
-    val = load_or_make_split(args.data_dir, args.split_dir)["val"]
-    metadata = save_model(model, args.task, size, config, args.out_dir, args.data_dir, val)
+    try:
+        srcs = sources(args.data_dir, args.split_dir)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    val = [s for src in srcs.values() for s in load_or_make_split(src.data_dir, src.split_dir)["val"]]
+    metadata = save_model(model, args.task, size, config, args.out_dir, srcs, val)
     publish_history(args.runs[0], args.out_dir, args.task, config)
     for run in args.runs[1:]:
         if (run / "history.csv").is_file():

@@ -1,11 +1,17 @@
 """The training run: config -> data -> model -> ``fit`` with callbacks -> exported ``.h5`` + metadata.
 
+    python -m train age --data-dir ../shared/data/utkface --data-dir ../shared/data/aaf --augment photo
+
+Several ``--data-dir`` train on their mix (:func:`train.data.make_mixed_dataset`); validation reports every
+metric on their union (Keras, ``val_*``) and on each dataset alone (``val_mae_aaf``, ...).
+
 A run lives in ``--run-dir`` (default ``runs/<task>``):
 
 - ``config.json``     the full run configuration (also copied next to the exported model);
 - ``checkpoint.keras`` the whole model with optimizer state, written after every epoch;
 - ``state.json``      the last finished epoch, for ``--resume``;
-- ``history.csv``     one row per epoch (CSVLogger, appended across resumes);
+- ``history.csv``     one row per epoch (CSVLogger, appended across resumes; with several datasets also
+  each dataset's validation metrics, e.g. ``val_mae_utkface``, ``val_mae_aaf``);
 - ``best.weights.h5`` the best weights at the final input size (lowest ``val_loss``);
 - ``model.keras``     the final model (multitask: the backbone that age/gender runs start from).
 
@@ -26,13 +32,26 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import keras
 import numpy as np
 
 from core.models import DEFAULT_MODELS_DIR, MODEL_FILES, predict_crops
-from train.data import DEFAULT_SPLIT_DIR, labels, load_chips, load_or_make_split, make_dataset
+from train.augment import AUGMENTATIONS
+from train.data import (
+    Source,
+    dataset_weights,
+    describe_dataset,
+    labels,
+    load_chips,
+    load_chips_of,
+    load_or_make_split,
+    make_dataset,
+    make_mixed_dataset,
+    sources,
+)
 from train.model import TASKS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -53,11 +72,38 @@ def parse_schedule(text: str) -> list[tuple[int, int]]:
     return phases
 
 
+def parse_dataset_weights(text: str) -> dict[str, float]:
+    """``"utkface=1,aaf=2"`` -> {"utkface": 1.0, "aaf": 2.0}."""
+    out = {}
+    for part in text.split(","):
+        name, sep, value = part.partition("=")
+        try:
+            out[name.strip()] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep or not name.strip():
+            raise argparse.ArgumentTypeError(f"bad dataset weights {text!r}: expected NAME=WEIGHT[,NAME=WEIGHT...]")
+    return out
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m train", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("task", choices=TASKS)
-    p.add_argument("--data-dir", type=Path, required=True, help="folder of UTKFace chips")
+    p.add_argument("--data-dir", type=Path, action="append", required=True,
+                   help="a dataset folder: UTKFace chips, All-Age-Faces crops, or any folder of images with a "
+                        "labels.csv (file,age,gender[,race]); repeat to train on several")
+    p.add_argument("--dataset-weights", type=parse_dataset_weights,
+                   help="NAME=WEIGHT,... sampling weight of each dataset (names: utkface, aaf, or a labels.csv "
+                        "folder's name). Default: proportional to each dataset's training images, i.e. every "
+                        "image about once per epoch as if the folders were one. Larger weights show a dataset's "
+                        "faces more often (a small folder of your own photos needs one to count), at the price "
+                        "of repeating them: a from-scratch network memorises repeated faces. An epoch is always "
+                        "as many images as all training sets hold together.")
+    p.add_argument("--augment", choices=AUGMENTATIONS, default="photo",
+                   help="photo (default): flip and crop jitter plus blur, low resolution, JPEG artefacts, colour, "
+                        "grayscale and occlusion, as faces in real photos; basic: flip, rotation, zoom, shift, "
+                        "brightness, contrast (the shipped models' recipe). See train/augment.py")
     p.add_argument("--schedule", default="64:6,96:4",
                    help="progressive resizing, SIZE:EPOCHS,...; the last size is the model's input size")
     p.add_argument("--batch-size", type=int, default=64)
@@ -77,16 +123,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--patience", type=int, default=4, help="early stopping patience (epochs, final size)")
     p.add_argument("--run-dir", type=Path, help="default runs/<task>")
     p.add_argument("--out-dir", type=Path, default=DEFAULT_MODELS_DIR, help="where age/gender models go")
-    p.add_argument("--split-dir", type=Path, default=DEFAULT_SPLIT_DIR)
+    p.add_argument("--split-dir", type=Path, action="append",
+                   help="split folder of each --data-dir, in the same order (default train/splits/<dataset>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its last epoch")
-    p.add_argument("--limit", type=int, help="use only N training and N//4 validation samples (smoke runs)")
+    p.add_argument("--limit", type=int,
+                   help="use only N training and N//4 validation samples of each dataset (smoke runs)")
     p.add_argument("--precision", choices=("auto", "bfloat16", "float32"), default="auto")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--until-epoch", type=int,
                    help="stop once this many epochs of the schedule are done in all (with --resume: idempotent)")
     p.add_argument("--max-epochs", type=int,
                    help="stop after this many epochs in this invocation (continue later with --resume)")
-    p.add_argument("--no-cache", action="store_true", help="do not cache decoded chips in .cache/")
+    p.add_argument("--no-cache", action="store_true",
+                   help="do not cache decoded chips (nor computed landmarks) in .cache/")
     return p
 
 
@@ -228,6 +277,50 @@ class BestWeights(keras.callbacks.Callback):
             (self.run_dir / "best.json").write_text(json.dumps({"epoch": epoch + 1, "val_loss": value}))
 
 
+def dataset_metrics(task: str, pred, y) -> dict[str, float]:
+    """Age MAE and gender accuracy of predictions, under the names Keras gives them (``mae``, ``accuracy``;
+    ``age_mae``, ``gender_accuracy`` for multitask)."""
+    def mae(p, t):
+        return float(np.mean(np.abs(np.ravel(p) - np.ravel(t))))
+
+    def accuracy(p, t):
+        return float(np.mean((np.ravel(p) >= 0.5) == (np.ravel(t) >= 0.5)))
+
+    if task == "age":
+        return {"mae": mae(pred, y)}
+    if task == "gender":
+        return {"accuracy": accuracy(pred, y)}
+    return {"age_mae": mae(pred["age"], y["age"]), "gender_accuracy": accuracy(pred["gender"], y["gender"])}
+
+
+def validation_by_dataset(task: str, pred: np.ndarray, y: np.ndarray, samples) -> dict | None:
+    """{dataset: {metric: value, "n": count}} for samples of two or more datasets; ``None`` for one."""
+    of = np.array([s.dataset for s in samples])
+    names = sorted({s.dataset for s in samples})
+    if len(names) < 2:
+        return None
+    return {name: {**{k: round(v, 4) for k, v in dataset_metrics(task, pred[of == name], y[of == name]).items()},
+                   "n": int((of == name).sum())} for name in names}
+
+
+class PerDatasetValidation(keras.callbacks.Callback):
+    """Each dataset's validation metrics on their own, as ``val_<metric>_<dataset>`` in the epoch's logs (and
+    so in ``history.csv``; it must come before the CSVLogger)."""
+
+    def __init__(self, parts: Mapping[str, tuple[np.ndarray, object]], task: str, batch_size: int):
+        super().__init__()
+        self.task = task
+        self.parts = {name: (make_dataset(x, y, batch_size=batch_size, training=False), y)
+                      for name, (x, y) in parts.items()}
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is None:
+            return
+        for name, (ds, y) in self.parts.items():
+            pred = self.model.predict(ds, verbose=0)
+            logs.update({f"val_{k}_{name}": v for k, v in dataset_metrics(self.task, pred, y).items()})
+
+
 def train(args: argparse.Namespace) -> dict:
     from train.model import build_model, compile_args, freeze_blocks
 
@@ -244,26 +337,45 @@ def train(args: argparse.Namespace) -> dict:
                     "seed", "limit", "precision", "init"):
             setattr(args, key, saved[key])
         args.crop = saved.get("crop", "chip")
+        args.augment = saved.get("augment", "basic")  # runs before --augment trained with the basic recipe
+        args.dataset_weights = saved.get("dataset_weights")
     keras.utils.set_random_seed(args.seed)
     policy = _set_precision(args.precision)
     phases = parse_schedule(args.schedule)
     total_epochs = sum(e for _, e in phases)
 
-    split = load_or_make_split(args.data_dir, args.split_dir, seed=42, log=log)
-    train_s, val_s = split["train"], split["val"]
-    if args.limit:
-        train_s, val_s = train_s[: args.limit], val_s[: max(4, args.limit // 4)]
-    if not train_s or not val_s:
-        raise ValueError(f"no training or validation samples found in {args.data_dir}")
+    srcs = sources(args.data_dir, args.split_dir)
+    if resuming and set(saved.get("datasets", srcs)) != set(srcs):
+        raise ValueError(f"--resume: the run trained on {sorted(saved['datasets'])}, not {sorted(srcs)}")
+    splits: dict[str, dict[str, list]] = {}
+    for name, src in srcs.items():
+        split = load_or_make_split(src.data_dir, src.split_dir, seed=42, log=log)
+        if args.limit:
+            split = {**split, "train": split["train"][: args.limit],
+                     "val": split["val"][: max(4, args.limit // 4)]}
+        if not split["train"] or not split["val"]:
+            raise ValueError(f"no training or validation samples found in {src.data_dir} (expected UTKFace or "
+                             "All-Age-Faces file names, or a labels.csv)")
+        splits[name] = split
+    train_s = [s for split in splits.values() for s in split["train"]]
+    val_s = [s for split in splits.values() for s in split["val"]]
+    weights = dataset_weights({k: len(v["train"]) for k, v in splits.items()}, args.dataset_weights)
     steps_per_epoch = math.ceil(len(train_s) / args.batch_size)
 
     config = {
-        "task": args.task, "data_dir": str(args.data_dir), "schedule": args.schedule,
+        "task": args.task, "data_dir": str(args.data_dir[0]), "data_dirs": [str(d) for d in args.data_dir],
+        "schedule": args.schedule,
         "batch_size": args.batch_size, "lr": args.lr, "warmup_epochs": args.warmup_epochs,
         "weight_decay": args.weight_decay, "init": args.init, "freeze_blocks": args.freeze_blocks,
-        "crop": args.crop, "patience": args.patience, "seed": args.seed, "limit": args.limit,
-        "precision": args.precision, "policy": policy, "n_train": len(train_s), "n_val": len(val_s),
-        "n_test": len(split["test"]), "split_dir": str(args.split_dir),
+        "crop": args.crop, "augment": args.augment, "patience": args.patience, "seed": args.seed,
+        "limit": args.limit, "precision": args.precision, "policy": policy, "n_train": len(train_s),
+        "n_val": len(val_s), "n_test": sum(len(v["test"]) for v in splits.values()),
+        "split_dir": str(next(iter(srcs.values())).split_dir),
+        "dataset_weights": weights,
+        "datasets": {name: {"data_dir": str(src.data_dir), "split_dir": str(src.split_dir),
+                            "n_train": len(splits[name]["train"]), "n_val": len(splits[name]["val"]),
+                            "n_test": len(splits[name]["test"]), "weight": round(weights[name], 4)}
+                     for name, src in srcs.items()},
     }
 
     if resuming:
@@ -304,13 +416,20 @@ def train(args: argparse.Namespace) -> dict:
         final = index == len(phases) - 1
         log(f"phase {index + 1}/{len(phases)}: {size}px, epochs {max(epoch_start, epochs_done) + 1}-{epoch_end}")
         align = args.crop == "aligned"
-        x_train = load_chips(args.data_dir, train_s, size, cache=not args.no_cache, align=align)
-        x_val = load_chips(args.data_dir, val_s, size, cache=not args.no_cache, align=align)
-        train_ds = make_dataset(x_train, labels(train_s, args.task), batch_size=args.batch_size,
-                                training=True, seed=args.seed)
-        val_ds = make_dataset(x_val, labels(val_s, args.task), batch_size=args.batch_size, training=False)
+        train_parts, val_parts = {}, {}
+        for name, split in splits.items():
+            src, cache = srcs[name], not args.no_cache
+            for parts, part in ((train_parts, "train"), (val_parts, "val")):
+                parts[name] = (load_chips(src.data_dir, split[part], size, cache=cache, align=align,
+                                          store=src.landmarks_file), labels(split[part], args.task))
+        train_ds = make_mixed_dataset(train_parts, batch_size=args.batch_size, weights=weights, seed=args.seed,
+                                      augment=args.augment, examples_per_epoch=len(train_s))
+        val_ds = make_dataset(np.concatenate([x for x, _ in val_parts.values()]), labels(val_s, args.task),
+                              batch_size=args.batch_size, training=False)
+        per_dataset = [PerDatasetValidation(val_parts, args.task, args.batch_size)] if len(srcs) > 1 else []
         callbacks = [
             EpochInfo(len(train_s), size),
+            *per_dataset,
             keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=True),
             keras.callbacks.ModelCheckpoint(str(ckpt), save_weights_only=False),
             SaveState(run_dir),
@@ -348,7 +467,7 @@ def train(args: argparse.Namespace) -> dict:
         log(f"backbone saved to {run_dir / 'model.keras'}")
         publish_history(run_dir, args.out_dir, args.task, config)
         return config
-    return export(model, args.task, phases[-1][0], config, run_dir, args.out_dir, args.data_dir, val_s, log,
+    return export(model, args.task, phases[-1][0], config, run_dir, args.out_dir, srcs, val_s, log,
                   cache=not args.no_cache)
 
 
@@ -369,8 +488,8 @@ def calibrate_age_intervals(pred: np.ndarray, true: np.ndarray) -> dict:
             "bands": bands}
 
 
-def export(model, task: str, size: int, config: dict, run_dir: Path, out_dir: Path, data_dir: Path,
-           val_samples, log, *, cache: bool = True) -> dict:
+def export(model, task: str, size: int, config: dict, run_dir: Path, out_dir: Path,
+           data_dir: Path | Mapping[str, Source], val_samples, log, *, cache: bool = True) -> dict:
     """Save a float32 copy of ``model`` as ``<task>_model.h5`` with its metadata (:func:`save_model`), then
     the run's history and configuration next to it."""
     metadata = save_model(model, task, size, config, out_dir, data_dir, val_samples, cache=cache)
@@ -379,26 +498,30 @@ def export(model, task: str, size: int, config: dict, run_dir: Path, out_dir: Pa
     return metadata
 
 
-def save_model(model, task: str, size: int, config: dict, out_dir: Path, data_dir: Path, val_samples, *,
-               cache: bool = True) -> dict:
+def save_model(model, task: str, size: int, config: dict, out_dir: Path, data_dir: Path | Mapping[str, Source],
+               val_samples, *, cache: bool = True) -> dict:
     """Save a float32 copy of ``model`` as ``<task>_model.h5`` plus ``<task>_model.json`` metadata.
 
-    Validation numbers in the metadata come from the app's crop (MTCNN landmarks of each chip). An age model
-    is first calibrated on them (:mod:`train.calibrate`: a least-absolute-deviations line folded into the
-    head) and its age-range table is fitted on the calibrated predictions.
+    ``data_dir``: the dataset folder, or {dataset: Source} for samples of several datasets. Validation numbers
+    in the metadata come from the app's crop (MTCNN landmarks of each image). An age model is first
+    calibrated on them (:mod:`train.calibrate`: a least-absolute-deviations line folded into the head; with
+    several datasets, one line on the union of their validation sets) and its age-range table is fitted on
+    the calibrated predictions. With several datasets the validation numbers are also given per dataset.
     """
-    from train.calibrate import age_metadata, calibrate_age_model
+    from train.calibrate import age_metadata, calibrate_age_model, fitted_on
     from train.model import build_model, compile_args
 
     keras.mixed_precision.set_global_policy("float32")
     clean = build_model(task)
     clean.set_weights(model.get_weights())
     align = config.get("crop") == "aligned"
-    x_val = load_chips(data_dir, val_samples, size, cache=cache, align=True)
+    srcs = data_dir if isinstance(data_dir, Mapping) else sources([data_dir])
+    x_val = load_chips_of(srcs, val_samples, size, cache=cache, align=True)
     y = labels(val_samples, task)
     calibration = None
+    names = sorted({s.dataset for s in val_samples})
     if task == "age":
-        calibration, pred = calibrate_age_model(clean, x_val, y)
+        calibration, pred = calibrate_age_model(clean, x_val, y, fitted_on=fitted_on(names))
     else:
         pred = predict_crops(clean, x_val, flip=True)
     clean.compile(optimizer="adam", loss=compile_args(task)["loss"])  # the loss reloads with the .h5
@@ -417,10 +540,10 @@ def save_model(model, task: str, size: int, config: dict, out_dir: Path, data_di
         "output": "age in years" if task == "age" else "probability that the face is female (UTKFace label 1)",
         "validation": {},
         "provenance": {
-            "dataset": "UTKFace aligned & cropped (non-commercial research licence)",
+            "dataset": " + ".join(describe_dataset(name) for name in names),
             "initialisation": config.get("init_note"),
             "run": {k: config.get(k) for k in ("schedule", "batch_size", "lr", "freeze_blocks", "crop", "policy",
-                                           "n_train", "n_val", "n_test")},
+                                           "n_train", "n_val", "n_test", "augment", "datasets")},
             "exported": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "git_commit": _git_commit(),
             "hardware": f"{platform.machine()} {os.cpu_count()} CPU cores",
@@ -431,6 +554,9 @@ def save_model(model, task: str, size: int, config: dict, out_dir: Path, data_di
     else:
         metadata["validation"] = {"accuracy": round(float(np.mean((pred >= 0.5) == (y >= 0.5))), 4), "n": len(y),
                                   "crop": "app"}
+    by_dataset = validation_by_dataset(task, pred, y, val_samples)
+    if by_dataset:
+        metadata["validation"]["per_dataset"] = by_dataset
     model_path.with_suffix(".json").write_text(json.dumps(metadata, indent=2))
     return metadata
 
