@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: run test lint install install-dev clean models bench generalisation
+.PHONY: run test lint install install-dev clean models bench generalisation reliability
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,10 @@ models: install
 	$(BIN)/python -m train.evaluate --data-dir $(DATA) --json models/metrics_test_chip.json
 	$(BIN)/python -m train.evaluate --data-dir $(DATA) --detect --json models/metrics_test_detect.json
 	$(BIN)/python -m train.card
+
+# The gender model's reliability rule (models/gender_model.json), e.g. after retraining either model.
+reliability: install
+	$(BIN)/python -m train.reliability --data-dir $(DATA)
 
 # Beyond UTKFace: our models and the peer on every dataset's test split, clean and degraded (README).
 AAF ?= ../shared/data/aaf

@@ -24,7 +24,7 @@ from core.pipeline import DEFAULT_MIN_FACE_SIZE, DEFAULT_THRESHOLD
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 CSV_FIELDS = ["file", "status", "face", "x", "y", "w", "h", "confidence", "age", "age_low", "age_high",
-              "gender", "female_probability", "error"]
+              "gender", "female_probability", "gender_reliable", "gender_note", "error"]
 
 
 def iter_sources(inputs: list[str], max_member_bytes: int) -> Iterator[tuple[str, bytes | Path | Exception]]:
@@ -66,7 +66,8 @@ def face_rows(name: str, result) -> list[dict]:
         d = f.as_dict()
         rows.append({"file": name, "status": "ok", "face": i, **d["box"], "confidence": d["confidence"],
                      "age": d["age"], "age_low": d["age_range"][0], "age_high": d["age_range"][1],
-                     "gender": d["gender"], "female_probability": d["female_probability"]})
+                     "gender": d["gender"], "female_probability": d["female_probability"],
+                     "gender_reliable": d["gender_reliable"], "gender_note": d["gender_note"]})
     return rows
 
 
@@ -74,13 +75,16 @@ def format_table(name: str, faces) -> str:
     if not faces:
         return f"{name}: no face found"
     lines = [f"{name}: {len(faces)} face{'s' if len(faces) != 1 else ''}",
-             f"  {'#':>2}  {'age':>5}  {'range':>11}  {'gender':<6}  {'p':>5}  {'conf':>5}  box (x, y, w, h)"]
+             f"  {'#':>2}  {'age':>5}  {'range':>11}  {'gender':<9}  {'P(fem)':>6}  {'conf':>5}  box (x, y, w, h)"]
+    notes = []
     for i, f in enumerate(faces, 1):
         lo, hi = f.age_range
         x, y, w, h = (round(v) for v in f.box)
-        lines.append(f"  {i:>2}  {f.age:5.1f}  {lo:5.1f}-{hi:<5.1f}  {f.gender:<6}  {f.gender_probability:5.2f}"
+        lines.append(f"  {i:>2}  {f.age:5.1f}  {lo:5.1f}-{hi:<5.1f}  {f.gender:<9}  {f.female_probability:6.2f}"
                      f"  {f.confidence:5.3f}  ({x}, {y}, {w}, {h})")
-    return "\n".join(lines)
+        if f.gender_note:
+            notes.append(f"  gender of face {i} uncertain: {f.gender_note}")
+    return "\n".join(lines + notes)
 
 
 def main(argv: list[str] | None = None) -> int:

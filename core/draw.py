@@ -11,9 +11,14 @@ from core.results import FaceResult
 
 FEMALE_COLOR = (220, 60, 140)
 MALE_COLOR = (40, 120, 230)
+UNCERTAIN_COLOR = (120, 120, 120)
+COLORS = {"female": FEMALE_COLOR, "male": MALE_COLOR, "uncertain": UNCERTAIN_COLOR}
 
 
 def face_label(index: int, face: FaceResult) -> str:
+    """ "n: age F 97%", or "n: age ?" where the gender is uncertain."""
+    if not face.gender_reliable:
+        return f"{index}: {face.age:.0f} ?"
     return f"{index}: {face.age:.0f} {'F' if face.gender == 'female' else 'M'} {face.gender_probability:.0%}"
 
 
@@ -27,7 +32,8 @@ def shrink(rgb: np.ndarray, max_side: int | None) -> tuple[np.ndarray, float]:
 
 
 def annotate(rgb: np.ndarray, faces: Sequence[FaceResult], *, max_side: int | None = None) -> np.ndarray:
-    """A copy of ``rgb`` with each face boxed, numbered from 1 and labelled "n: age F/M p%".
+    """A copy of ``rgb`` with each face boxed, numbered from 1 and labelled "n: age F/M p%" (grey "n: age ?"
+    where the gender is uncertain).
 
     With ``max_side`` the copy is first downscaled (for display of very large photos).
     """
@@ -37,7 +43,7 @@ def annotate(rgb: np.ndarray, faces: Sequence[FaceResult], *, max_side: int | No
     font_scale = max(0.4, max(h, w) / 1400)
     for i, face in enumerate(faces, 1):
         x, y, bw, bh = (round(v * scale) for v in face.box)
-        color = FEMALE_COLOR if face.gender == "female" else MALE_COLOR
+        color = COLORS[face.gender]
         cv2.rectangle(out, (x, y), (x + bw, y + bh), color, thickness, cv2.LINE_AA)
         text = face_label(i, face)
         (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, font_scale, thickness)

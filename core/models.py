@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from core.errors import ModelNotFound
+from core.reliability import GenderReliability
 from core.vggface import preprocess_input
 
 #: Folder with the shipped models; override with the AGEGENDER_MODELS_DIR environment variable.
@@ -171,6 +172,7 @@ class AgeGenderModels:
         self.gender_model = inference_copy(self.gender_model, bfloat16=bf16)
         self.metadata = {task: read_metadata(p) for task, p in paths.items()}
         self.input_sizes = {task: int(m["input_size"]) for task, m in self.metadata.items()}
+        self.gender_reliability = GenderReliability.from_metadata(self.metadata["gender"].get("gender_reliability"))
         if tta is None and os.environ.get("AGEGENDER_TTA", "").strip() in ("0", "1"):
             tta = os.environ["AGEGENDER_TTA"].strip() == "1"
         self.flip = {task: tta if tta is not None else bool(m.get("tta_flip", True))
@@ -204,6 +206,12 @@ class AgeGenderModels:
 
     def age_range(self, age: float) -> tuple[float, float]:
         return age_interval(age, self.metadata["age"].get("age_intervals"))
+
+    def judge_gender(self, age: float, female_probability: float) -> tuple[bool, str | None]:
+        """``(reliable, why not)`` by the gender model's ``gender_reliability`` rule; reliable without one."""
+        if self.gender_reliability is None:
+            return True, None
+        return self.gender_reliability.judge(age, female_probability)
 
 
 @lru_cache(maxsize=4)

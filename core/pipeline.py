@@ -81,10 +81,11 @@ def predict_faces(items: list[tuple[np.ndarray, list[Detection]]], models: AgeGe
         out = []
         for face in faces:
             age = float(np.clip(pred.ages[k], 0.0, MAX_AGE))
+            p_female = float(pred.female_probabilities[k])
+            reliable, note = models.judge_gender(age, p_female)
             out.append(FaceResult(box=face.box, confidence=face.confidence, age=age,
-                                  age_range=models.age_range(age),
-                                  female_probability=float(pred.female_probabilities[k]),
-                                  landmarks=dict(face.landmarks)))
+                                  age_range=models.age_range(age), female_probability=p_female,
+                                  landmarks=dict(face.landmarks), gender_reliable=reliable, gender_note=note))
             k += 1
         results.append(out)
     return results

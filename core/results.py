@@ -18,7 +18,10 @@ class FaceResult:
         age_range: calibrated (low, high) range: on held-out UTKFace data the true age fell inside it for
             about the share of faces stated in the model metadata (80 % by design).
         female_probability: probability that the face is labelled female, 0-1.
-        gender: "female" when ``female_probability`` >= 0.5, else "male".
+        gender_reliable: False where validation data says the gender model is unreliable for such a face
+            (its predicted age, or a probability near 0.5; see :mod:`core.reliability`).
+        gender_note: why the gender is uncertain (``None`` when it is reliable).
+        gender: "uncertain" when not ``gender_reliable``, else :attr:`likely_gender`.
     """
 
     box: tuple[float, float, float, float]
@@ -27,14 +30,22 @@ class FaceResult:
     age_range: tuple[float, float]
     female_probability: float
     landmarks: dict[str, tuple[float, float]] = field(default_factory=dict)
+    gender_reliable: bool = True
+    gender_note: str | None = None
 
     @property
-    def gender(self) -> str:
+    def likely_gender(self) -> str:
+        """The side the gender model leans to: "female" when ``female_probability`` >= 0.5, else "male"."""
         return "female" if self.female_probability >= 0.5 else "male"
 
     @property
+    def gender(self) -> str:
+        """The gender to show: :attr:`likely_gender`, or "uncertain" where it is not reliable."""
+        return self.likely_gender if self.gender_reliable else "uncertain"
+
+    @property
     def gender_probability(self) -> float:
-        """Probability of the reported gender (0.5-1): how sure the gender model is."""
+        """Probability of :attr:`likely_gender` (0.5-1): how sure the gender model is."""
         return max(self.female_probability, 1.0 - self.female_probability)
 
     def as_dict(self) -> dict[str, Any]:
@@ -47,5 +58,7 @@ class FaceResult:
             "age_range": [round(float(self.age_range[0]), 1), round(float(self.age_range[1]), 1)],
             "gender": self.gender,
             "female_probability": round(float(self.female_probability), 4),
+            "gender_reliable": bool(self.gender_reliable),
+            "gender_note": self.gender_note,
             "landmarks": {k: [round(float(v[0]), 1), round(float(v[1]), 1)] for k, v in self.landmarks.items()},
         }

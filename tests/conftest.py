@@ -155,3 +155,35 @@ def tiny_models(tmp_path_factory, utk_dir) -> Path:
                            "--split-dir", str(root / "splits"), "--precision", "float32", "--seed", "42", "--no-cache"])
         assert code == 0
     return out
+
+
+def reliability_block(*, unreliable_below: float | None = None, band: tuple[float, float] = (0.5, 0.5)) -> dict:
+    """A ``gender_reliability`` block by hand: predicted ages under ``unreliable_below`` unreliable (70 % right),
+    the others 95 %, and the probability band ``band``."""
+    edge = unreliable_below or 0.0
+    buckets = ([{"low": 0.0, "high": edge, "n": 100, "accuracy": 0.7, "reliable": False}] if edge else [])
+    buckets.append({"low": edge, "high": None, "n": 900, "accuracy": 0.95, "reliable": True})
+    return {"schema": "gender-reliability/1", "target_accuracy": 0.85, "min_faces": 30, "age_buckets": buckets,
+            "probability_band": {"low": band[0], "high": band[1], "n": 50, "accuracy": 0.6},
+            "validation": {"n": 1000, "uncertain": 100, "uncertain_share": 0.1, "accuracy_shown": 0.95,
+                           "accuracy_uncertain": 0.7, "accuracy_all": 0.925}}
+
+
+def models_with_rule(src: Path, dst: Path, block: dict | None) -> Path:
+    """A models folder at ``dst`` with the models of ``src`` (linked, not copied) and ``block`` as the gender
+    model's ``gender_reliability`` (``None``: without one)."""
+    import json
+    import shutil
+
+    dst.mkdir(parents=True, exist_ok=True)
+    for f in src.iterdir():
+        if f.suffix == ".h5":
+            (dst / f.name).symlink_to(f)
+        elif f.is_file():
+            shutil.copy(f, dst / f.name)
+    meta = json.loads((dst / "gender_model.json").read_text())
+    meta.pop("gender_reliability", None)
+    if block is not None:
+        meta["gender_reliability"] = block
+    (dst / "gender_model.json").write_text(json.dumps(meta))
+    return dst

@@ -27,10 +27,12 @@ def test_astronaut_one_face_with_age_and_gender(astronaut, models):
     f = faces[0]
     assert isinstance(f, FaceResult)
     assert iou(f.box, ASTRONAUT_FACE) > 0.7
-    assert 0.0 <= f.female_probability <= 1.0 and f.gender in ("female", "male")
+    assert 0.0 <= f.female_probability <= 1.0 and f.likely_gender in ("female", "male")
+    assert f.gender == (f.likely_gender if f.gender_reliable else "uncertain")
     assert f.age >= 0 and f.age_range[0] <= f.age <= f.age_range[1]
     d = json.loads(json.dumps(f.as_dict()))
-    assert set(d) >= {"box", "confidence", "age", "age_range", "gender", "female_probability", "landmarks"}
+    assert set(d) >= {"box", "confidence", "age", "age_range", "gender", "female_probability", "landmarks",
+                      "gender_reliable", "gender_note"}
 
 
 def test_every_input_kind_gives_the_same_result(astronaut, astronaut_jpeg, tmp_path, models):

@@ -73,6 +73,25 @@ def _beyond_utkface(gen: Generalisation) -> list[str]:
     return out
 
 
+def _gender_reliability(block: dict | None) -> list[str]:
+    """The "Gender shown as uncertain" section: the rule stored with the gender model (``train.reliability``)."""
+    out = ["", "## Gender shown as uncertain", ""]
+    if not block:
+        return out + ["No rule stored with the gender model (`python -m train.reliability`): every face gets a label."]
+    rows = [[b["label"], b["n"], _fmt_acc(b["accuracy"]), "yes" if b["reliable"] else "**no: uncertain**"]
+            for b in block["age_buckets"]]
+    band, v, on = block["probability_band"], block["validation"], block.get("computed_on", {})
+    return out + [
+        f"Measured by `python -m train.reliability` on {on.get('faces')} {on.get('split')} faces of "
+        f"{', '.join(on.get('datasets', []))} ({on.get('crop')}); target accuracy {block['target_accuracy']:.0%}, "
+        f"at least {block['min_faces']} faces per bucket.", "",
+        _table(rows, ["predicted age", "faces", "gender accuracy", "label shown"]), "",
+        f"Also uncertain: P(female) between {band['low']:.2f} and {band['high']:.2f} ({band['n']} faces of the "
+        f"reliable ages, {_fmt_acc(band['accuracy'])} right). On validation {v['uncertain']} of {v['n']} faces "
+        f"({_fmt_acc(v['uncertain_share'])}) are uncertain; the labels shown were right "
+        f"{_fmt_acc(v['accuracy_shown'])} of the time (all faces: {_fmt_acc(v['accuracy_all'])})."]
+
+
 def _fmt_bias(g: dict | None) -> str:
     if not g or not g["n"]:
         return "n/a"
@@ -192,10 +211,12 @@ def build_card(directory: Path) -> str:
         out += ["", f"Age range: central {iv['coverage_target']:.0%} interval of validation residuals per band of "
                     f"predicted age (validation coverage {iv['coverage_validation']:.1%})."]
     out += _beyond_utkface(info.generalisation)
+    out += _gender_reliability(info.metadata.get("gender", {}).get("gender_reliability"))
     out += ["", "## Known limits", "",
             "- Trained from scratch on ~17k faces: clearly less accurate than models that start from VGGFace "
             "weights; errors are largest for the elderly and for under-represented groups (tables above).",
-            "- Children's gender is unreliable (see the youngest age buckets); gender is the dataset's binary label.",
+            "- Children's gender is unreliable (see the youngest age buckets): the app shows it as uncertain (above); "
+            "gender is the dataset's binary label.",
             "- Apparent age of frontal, reasonably lit faces; profile views, occlusion, heavy make-up and "
             "filters degrade it. Faces smaller than about 40 px are detected but poorly estimated.",
             "- UTKFace is for non-commercial research; do not use these models to make decisions about people.",

@@ -491,10 +491,15 @@ def calibrate_age_intervals(pred: np.ndarray, true: np.ndarray) -> dict:
 def export(model, task: str, size: int, config: dict, run_dir: Path, out_dir: Path,
            data_dir: Path | Mapping[str, Source], val_samples, log, *, cache: bool = True) -> dict:
     """Save a float32 copy of ``model`` as ``<task>_model.h5`` with its metadata (:func:`save_model`), then
-    the run's history and configuration next to it."""
+    the run's history and configuration next to it, then the gender model's reliability rule
+    (:func:`train.reliability.after_export`, once both models are there)."""
+    from train.reliability import after_export
+
     metadata = save_model(model, task, size, config, out_dir, data_dir, val_samples, cache=cache)
     publish_history(run_dir, out_dir, task, config)
     log(f"exported {out_dir / MODEL_FILES[task]}: validation {metadata['validation']}")
+    after_export(out_dir, data_dir if isinstance(data_dir, Mapping) else sources([data_dir]), val_samples, log,
+                 cache=cache)
     return metadata
 
 
