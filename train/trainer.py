@@ -277,6 +277,76 @@ class BestWeights(keras.callbacks.Callback):
             (self.run_dir / "best.json").write_text(json.dumps({"epoch": epoch + 1, "val_loss": value}))
 
 
+class ProgressFile(keras.callbacks.Callback):
+    """Writes ``progress.json`` in the run folder for the dashboard's live monitor (``ui/monitor.py``): at the
+    start and end of each epoch and every ``every_batches`` batches or ``every_seconds`` within it.
+
+    Fields: ``state`` (``running``, then ``finished`` once training is over, export may follow), ``step``
+    (``training``/``validation``), ``epoch`` (1-based) of ``epochs`` (this invocation's last), ``batch`` of
+    ``batches``, ``images_per_s`` (this epoch's training so far), ``elapsed_s`` (this invocation),
+    ``eta_s`` (the batches left at this epoch's speed, scaled by the last epoch's validation overhead; later
+    phases at larger sizes are slower, and early stopping may end sooner), ``phase``, ``input_size``,
+    ``updated`` (UTC) and ``pid``. Written to a temporary file and renamed, so a reader never sees half of it.
+    """
+
+    def __init__(self, run_dir: Path, *, size: int, phase: str, epochs: int, batch_size: int, started: float,
+                 every_batches: int = 20, every_seconds: float = 5.0):
+        super().__init__()
+        self.path, self.size, self.phase, self.epochs = run_dir / "progress.json", size, phase, epochs
+        self.batch_size, self.started = batch_size, started
+        self.every_batches, self.every_seconds = every_batches, every_seconds
+        self.epoch, self.batch, self.step, self.state = 0, 0, "starting", "running"
+        self.t_epoch = self.t_written = self.train_seconds = 0.0
+        self.overhead = 1.0  # epoch seconds / training seconds of the last epoch (validation, callbacks)
+
+    def _write(self, force: bool = False) -> None:
+        now = time.perf_counter()
+        if not force and self.batch % self.every_batches and now - self.t_written < self.every_seconds:
+            return
+        self.t_written = now
+        batches = self.params.get("steps")
+        train_s = self.train_seconds if self.step == "validation" else now - self.t_epoch
+        done = self.batch if self.step == "training" else (batches or 0)
+        rate = done * self.batch_size / train_s if done and train_s > 0 else None
+        eta = None
+        if rate and batches:
+            left = (batches - done) + batches * max(0, self.epochs - self.epoch)
+            eta = round(left * self.batch_size / rate * self.overhead, 1)
+        payload = {"schema": "train-progress/1", "run": self.path.parent.name, "state": self.state,
+                   "step": self.step, "phase": self.phase, "input_size": self.size, "epoch": self.epoch,
+                   "epochs": self.epochs, "batch": done, "batches": batches,
+                   "images_per_s": None if rate is None else round(rate, 2),
+                   "elapsed_s": round(now - self.started, 1), "eta_s": 0.0 if self.state == "finished" else eta,
+                   "updated": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "pid": os.getpid()}
+        tmp = self.path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(payload))
+        os.replace(tmp, self.path)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch, self.batch, self.step, self.t_epoch = epoch + 1, 0, "training", time.perf_counter()
+        self._write(force=True)
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.batch = batch + 1
+        self._write()
+
+    def on_test_begin(self, logs=None):
+        if self.step == "training":
+            self.train_seconds, self.step = time.perf_counter() - self.t_epoch, "validation"
+            self._write(force=True)
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.overhead = max(1.0, (time.perf_counter() - self.t_epoch) / max(self.train_seconds, 1e-9))
+        self._write(force=True)
+
+    def on_train_end(self, logs=None):
+        if self.model.stop_training or self.epoch >= self.epochs:
+            self.state = "finished"
+        else:
+            self.step = "next phase"
+        self._write(force=True)
+
+
 def dataset_metrics(task: str, pred, y) -> dict[str, float]:
     """Age MAE and gender accuracy of predictions, under the names Keras gives them (``mae``, ``accuracy``;
     ``age_mae``, ``gender_accuracy`` for multitask)."""
@@ -433,6 +503,8 @@ def train(args: argparse.Namespace) -> dict:
             keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=True),
             keras.callbacks.ModelCheckpoint(str(ckpt), save_weights_only=False),
             SaveState(run_dir),
+            ProgressFile(run_dir, size=size, phase=f"{index + 1}/{len(phases)}", epochs=min(total_epochs, stop_at),
+                         batch_size=args.batch_size, started=started),
         ]
         if final:
             callbacks += [
