@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,10 @@ METRIC_FILES = {"chip": "metrics_test_chip.json", "detect": "metrics_test_detect
 GENERALISATION_DIR = "generalisation"
 #: The evaluated models (the ``model`` field of those files), in display order.
 MODEL_ORDER = ("ours", "peer")
+
+#: Environment variable naming the folder of local training runs (``runs/<name>/``); default ``runs/`` next to
+#: the models folder, where ``python -m train`` writes them.
+RUNS_ENV = "AGEGENDER_RUNS_DIR"
 
 #: mode ("chip"/"detect") -> dataset -> model ("ours"/"peer") -> the file's contents
 Generalisation = dict[str, dict[str, dict[str, dict[str, Any]]]]
@@ -39,10 +44,17 @@ def _read_json(path: Path) -> dict[str, Any] | None:
         return None
 
 
+def find_runs_dir(path: str | Path | None = None, models: str | Path | None = None) -> Path:
+    """The folder of local training runs: ``path``, else ``$AGEGENDER_RUNS_DIR``, else ``runs/`` beside the
+    models folder ``models``."""
+    return Path(path or os.environ.get(RUNS_ENV) or models_dir(models).parent / "runs")
+
+
 def load_model_info(directory: str | Path | None = None, runs_dir: str | Path | None = None) -> ModelInfo:
     """Collect metadata, metrics and histories. Missing pieces are simply absent.
 
-    Histories: ``models/history_<task>.csv`` (shipped) and ``runs/<name>/history.csv`` (local runs).
+    Histories: ``models/history_<task>.csv`` (shipped) and ``runs/<name>/history.csv`` (local runs, see
+    :func:`find_runs_dir`).
     """
     d = models_dir(directory)
     info = ModelInfo(directory=d)
@@ -57,11 +69,67 @@ def load_model_info(directory: str | Path | None = None, runs_dir: str | Path | 
     for path in sorted(d.glob("history_*.csv")):
         info.histories[f"shipped: {path.stem.removeprefix('history_')}"] = path
     info.generalisation = load_generalisation(d / GENERALISATION_DIR)
-    runs = Path(runs_dir) if runs_dir else d.parent / "runs"
+    runs = find_runs_dir(runs_dir, d)
     if runs.is_dir():
         for path in sorted(runs.glob("*/history.csv")):
             info.histories[f"run: {path.parent.name}"] = path
     return info
+
+
+def run_stages(run: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """A run record followed back through ``parent_run`` (a model trained further from an earlier export keeps
+    the earlier record there): the records of every stage, oldest first."""
+    stages = []
+    while run:
+        stages.insert(0, run)
+        run = run.get("parent_run")
+    return stages
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One stage in the making of a shipped model."""
+
+    label: str  # "backbone", "fine-tune", "continued"
+    kind: str  # the history's kind: "multitask", "age" or "gender"
+    run: dict[str, Any]  # its run record
+    history: Path | None  # its training history
+    stage: int | None = None  # its rows in a staged history (the ``stage`` column); None: the whole file
+
+    @property
+    def title(self) -> str:
+        """``backbone (multitask, from scratch)``, ``fine-tune (age)``, ..."""
+        return f"{self.label} ({self.kind}{', from scratch' if self.run.get('init') == 'scratch' else ''})"
+
+    @property
+    def description(self) -> str:
+        r = self.run
+        frozen = f", blocks 1-{r['freeze_blocks']} frozen" if r.get("freeze_blocks") else ""
+        return (f"{self.title}: {r.get('init_note') or r.get('init')}; schedule {r.get('schedule')}, "
+                f"peak lr {r.get('lr')}{frozen}" + (f"; {r['note']}" if r.get("note") else ""))
+
+
+def lineage(task: str, directory: str | Path | None = None) -> list[Stage]:
+    """How the shipped ``task`` model ("age"/"gender") was made, oldest stage first: the multitask backbone it
+    was fine-tuned from (``multitask_run.json``, when its first stage started from a ``.keras`` checkpoint of
+    a run, which is how the backbone is handed on), then each stage of its own run record (``<task>_run.json``
+    and its ``parent_run`` chain) with its rows of ``history_<task>.csv``. Empty without a run record."""
+    d = models_dir(directory)
+    stages = run_stages(_read_json(d / f"{task}_run.json"))
+    if not stages:
+        return []
+
+    def history(name: str) -> Path | None:
+        return d / name if (d / name).is_file() else None
+
+    out = []
+    backbone = _read_json(d / "multitask_run.json")
+    if backbone and str(stages[0].get("init") or "").endswith(".keras"):
+        out.append(Stage("backbone", "multitask", backbone, history("history_multitask.csv")))
+    for k, run in enumerate(stages, 1):
+        label = "fine-tune" if k == 1 and out else ("training" if k == 1 else f"continued, stage {k}")
+        out.append(Stage(label, task, run, history(f"history_{task}.csv"), k if len(stages) > 1 else None))
+    return out
 
 
 def load_generalisation(folder: Path) -> Generalisation:

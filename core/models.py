@@ -42,16 +42,27 @@ def read_metadata(model_path: Path) -> dict[str, Any]:
     return json.loads(meta.read_text())
 
 
-def load_keras_model(path: Path):
-    """Load one ``.h5`` model for inference (``compile=False``)."""
-    import keras
-
+def require_model_file(path: Path) -> None:
+    """Raise :class:`ModelNotFound`, saying how to get it, when the model file ``path`` is missing."""
     if not path.is_file():
         raise ModelNotFound(
             f"model file {path} not found. Train it with `python -m train {path.stem.split('_')[0]} "
             "--data-dir PATH/TO/UTKFace` (see README), or put a trained .h5 and its .json there, or point "
             "AGEGENDER_MODELS_DIR at a folder that has them."
         )
+
+
+def require_models(directory: str | Path | None = None) -> None:
+    """Raise :class:`ModelNotFound` at once (without loading anything) when a model file is missing."""
+    for name in MODEL_FILES.values():
+        require_model_file(models_dir(directory) / name)
+
+
+def load_keras_model(path: Path):
+    """Load one ``.h5`` model for inference (``compile=False``)."""
+    import keras
+
+    require_model_file(path)
     return keras.models.load_model(path, compile=False)
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from core.crop import crop_face
-from core.detect import DEFAULT_MIN_FACE_SIZE, DEFAULT_THRESHOLD, Detection, detect_faces
+from core.detect import DEFAULT_MIN_FACE_SIZE, DEFAULT_THRESHOLD, LANDMARK_NAMES, Detection, detect_faces
 from core.errors import AgeGenderError, FaceNotDetected
 from core.image import ImageInput, load_image
 from core.models import MAX_AGE, AgeGenderModels, load_models
@@ -63,17 +63,21 @@ def find_faces(rgb: np.ndarray, *, detect: bool = True, min_face_size: int = DEF
     return [Detection(box=(0.0, 0.0, float(w), float(h)), confidence=1.0)]
 
 
+def face_crop(rgb: np.ndarray, face: Detection | FaceResult, size: int, *, align: bool = True) -> np.ndarray:
+    """The ``size`` px crop the models see for one detected face (a face without landmarks, as with
+    ``detect=False``, is the whole image)."""
+    marks = np.array([face.landmarks[n] for n in LANDMARK_NAMES], np.float64) if face.landmarks else None
+    return crop_face(rgb, marks, size, align=align)
+
+
 def predict_faces(items: list[tuple[np.ndarray, list[Detection]]], models: AgeGenderModels, *,
                   align: bool = True) -> list[list[FaceResult]]:
     """Crop every face of every image once per model input size; ONE batched call of both models."""
     flat = [(rgb, f) for rgb, faces in items for f in faces]
     if not flat:
         return [[] for _ in items]
-    crops = {
-        size: np.stack([crop_face(rgb, f.landmark_array() if f.landmarks else None, size, align=align)
-                        for rgb, f in flat])
-        for size in set(models.input_sizes.values())
-    }
+    crops = {size: np.stack([face_crop(rgb, f, size, align=align) for rgb, f in flat])
+             for size in set(models.input_sizes.values())}
     pred = models.predict(crops)
     results: list[list[FaceResult]] = []
     k = 0

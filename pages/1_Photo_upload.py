@@ -2,17 +2,19 @@
 
 import streamlit as st
 
-from ui.view import analyze_and_show, require_models, sidebar_settings
+from ui.view import analyze_and_show, loading_status, sidebar_settings, start_loading
 
-st.set_page_config(page_title="Photo upload", page_icon="🖼️", layout="wide")
+st.set_page_config(page_title="Photo upload · Age & gender", page_icon="🖼️", layout="wide")
 st.title("Photo upload")
+loader = start_loading()
 settings = sidebar_settings()
-require_models()
 
 files = st.file_uploader("Photos (JPEG, PNG, WebP or BMP)", type=["jpg", "jpeg", "png", "webp", "bmp"],
                          accept_multiple_files=True)
 if not files:
+    follow_loading = loading_status(loader)
     st.info("Choose one or more photos to analyse.")
+    follow_loading()
     st.stop()
 
 for i, f in enumerate(files):

@@ -2,16 +2,18 @@
 
 import streamlit as st
 
-from ui.view import analyze_and_show, require_models, sidebar_settings
+from ui.view import analyze_and_show, loading_status, sidebar_settings, start_loading
 
-st.set_page_config(page_title="Webcam snapshot", page_icon="📷", layout="wide")
+st.set_page_config(page_title="Webcam snapshot · Age & gender", page_icon="📷", layout="wide")
 st.title("Webcam snapshot")
+loader = start_loading()
 settings = sidebar_settings()
-require_models()
 
 shot = st.camera_input("Take a picture (your browser will ask for camera access)")
 if shot is None:
+    follow_loading = loading_status(loader)
     st.info("Take a snapshot to analyse it. The picture stays in memory and is never stored.")
+    follow_loading()
     st.stop()
 
 analyze_and_show("snapshot.jpg", shot.getvalue(), settings, key="webcam")

@@ -1,37 +1,51 @@
-"""Training-history dashboard: curves per run, run comparison, test-split evaluation and beyond-UTKFace charts."""
+"""Training dashboard: a run in progress, how the shipped models were made, curves per run, run comparison,
+test-split evaluation and beyond-UTKFace charts."""
 
 import pandas as pd
 import streamlit as st
 
-from core.modelcard import degradation_rows, generalisation_rows, load_model_info
+from core.modelcard import degradation_rows, find_runs_dir, generalisation_rows, lineage, load_model_info
 from ui import charts
+from ui.monitor import show_monitor
 
-st.set_page_config(page_title="Training history", page_icon="📈", layout="wide")
+st.set_page_config(page_title="Training history · Age & gender", page_icon="📈", layout="wide")
 st.title("Training history")
 info = load_model_info()
 
+st.header("Training now")
+show_monitor(find_runs_dir(models=info.directory))
+
+st.header("How the shipped models were made")
+tasks = [t for t in ("age", "gender") if lineage(t, info.directory)]
+if not tasks:
+    st.info("No run records of the shipped models (`models/<task>_run.json`, written by `python -m train`).")
+for tab, task in zip(st.tabs([f"{t} model" for t in tasks]), tasks):
+    stages = lineage(task, info.directory)
+    tab.plotly_chart(charts.lineage_figure(task, charts.lineage_frame(task, stages)), key=f"lineage-{task}")
+    tab.markdown("\n".join(f"{k}. {s.description}" for k, s in enumerate(stages, 1)))
+
+st.header("Training runs")
 histories, skipped = charts.read_histories(info.histories)
 if skipped:
     st.caption("Not shown (no finished epoch yet, or unreadable): " + ", ".join(skipped))
 if not histories:
     st.info("No training history found: train a model with `python -m train` (see the README).")
-    st.stop()
+else:
+    chosen = st.selectbox("Run", list(histories), index=0)
+    df = histories[chosen]
+    best = charts.best_epoch(df)
+    st.caption(f"{len(df)} epochs; best validation loss at epoch {best}."
+               + (f" Training speed: {df['images_per_s'].median():.1f} images/s (median)."
+                  if "images_per_s" in df.columns else ""))
+    left, right = st.columns(2)
+    left.plotly_chart(charts.loss_figure(df, f"Loss: {chosen}"), key="loss")
+    right.plotly_chart(charts.metric_figure(df, f"Metric: {chosen}"), key="metric")
 
-chosen = st.selectbox("Run", list(histories), index=0)
-df = histories[chosen]
-best = charts.best_epoch(df)
-st.caption(f"{len(df)} epochs; best validation loss at epoch {best}."
-           + (f" Training speed: {df['images_per_s'].median():.1f} images/s (median)."
-              if "images_per_s" in df.columns else ""))
-left, right = st.columns(2)
-left.plotly_chart(charts.loss_figure(df, f"Loss: {chosen}"), key="loss")
-right.plotly_chart(charts.metric_figure(df, f"Metric: {chosen}"), key="metric")
-
-if len(histories) > 1:
-    st.subheader("Compare runs")
-    picked = st.multiselect("Runs", list(histories), default=list(histories)[:3])
-    if picked:
-        st.plotly_chart(charts.compare_figure({n: histories[n] for n in picked}), key="compare")
+    if len(histories) > 1:
+        st.subheader("Compare runs")
+        picked = st.multiselect("Runs", list(histories), default=list(histories)[:3])
+        if picked:
+            st.plotly_chart(charts.compare_figure({n: histories[n] for n in picked}), key="compare")
 
 st.header("Evaluation on the test split")
 if not info.metrics:

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import time
 from pathlib import Path
 
 import pytest
 from streamlit.testing.v1 import AppTest
+
+from conftest import models_with_rule, reliability_block
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = ROOT / "models"
@@ -16,8 +20,28 @@ SHIPPED = ROOT / "models"
 @pytest.fixture
 def app_env(monkeypatch, tiny_models):
     monkeypatch.setenv("AGEGENDER_MODELS_DIR", str(tiny_models))
+    monkeypatch.delenv("AGEGENDER_RUNS_DIR", raising=False)
     monkeypatch.chdir(ROOT)
     return tiny_models
+
+
+@pytest.fixture
+def rule_env(monkeypatch, tmp_path, tiny_models):
+    """Point the app at the tiny models with a hand-made reliability rule: ``rule_env(block)``."""
+    monkeypatch.chdir(ROOT)
+    monkeypatch.delenv("AGEGENDER_RUNS_DIR", raising=False)
+
+    def use(block: dict | None) -> Path:
+        folder = models_with_rule(tiny_models, tmp_path / f"models{len(list(tmp_path.iterdir()))}", block)
+        monkeypatch.setenv("AGEGENDER_MODELS_DIR", str(folder))
+        return folder
+
+    return use
+
+
+def chart_specs(at: AppTest) -> list[dict]:
+    """The plotly figures of a page run, as JSON."""
+    return [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
 
 
 def run_upload_page(files: list[tuple[str, bytes, str]]) -> AppTest:
@@ -29,21 +53,51 @@ def run_upload_page(files: list[tuple[str, bytes, str]]) -> AppTest:
     return at
 
 
+def test_sidebar_names_pages_as_people_expect():
+    """The entry script is the sidebar's first entry: its file name is its label ("Home", not "streamlit app")."""
+    from streamlit.source_util import page_icon_and_name
+
+    scripts = [ROOT / "Home.py", *sorted((ROOT / "pages").glob("*.py"))]
+    names = [page_icon_and_name(p)[1].replace("_", " ") for p in scripts]
+    assert names == ["Home", "Photo upload", "Webcam snapshot", "Training history"]
+    assert not (ROOT / "streamlit_app.py").exists()
+    for script in scripts:  # a browser tab title per page, naming the app
+        assert "Age & gender" in script.read_text()
+
+
 def test_home_page(app_env):
-    at = AppTest.from_file(str(ROOT / "streamlit_app.py"), default_timeout=60).run()
+    at = AppTest.from_file(str(ROOT / "Home.py"), default_timeout=240).run()
     assert not at.exception
     text = " ".join(m.value for m in at.markdown)
     assert "never stored" in text and "binary label" in text
+    assert "shown as **uncertain**" in text  # the tiny models' rule, in words
+    # the page follows the loading to the end: the line then says how long it took
+    assert any(c.value.startswith("Models ready (loaded in") for c in at.caption)
 
 
-def test_upload_astronaut_shows_one_face(app_env, astronaut_jpeg):
+def test_upload_astronaut_shows_one_face(rule_env, astronaut_jpeg):
+    rule_env(reliability_block())  # reliable at every age, no probability band
     at = run_upload_page([("astronaut.jpg", astronaut_jpeg, "image/jpeg")])
     assert not at.exception
     assert len(at.dataframe) == 1
     df = at.dataframe[0].value
-    assert len(df) == 1 and {"age", "age range", "gender", "gender probability"} <= set(df.columns)
-    assert df["gender"].iloc[0] in ("female", "male")
+    assert len(df) == 1
+    assert list(df.columns) == ["face", "model input", "age", "age range", "gender", "gender probability",
+                                "detection confidence"]
+    assert df["model input"].iloc[0].startswith("data:image/png;base64,")
+    assert df["gender"].iloc[0] in ("female", "male") and 0.5 <= df["gender probability"].iloc[0] <= 1
+    assert any("analysed in" in c.value for c in at.caption)  # how long it took
     assert not at.warning and not at.error
+
+
+def test_unreliable_gender_is_shown_as_uncertain(rule_env, astronaut_jpeg):
+    rule_env(reliability_block(unreliable_below=200))  # every predicted age unreliable
+    at = run_upload_page([("astronaut.jpg", astronaut_jpeg, "image/jpeg")])
+    assert not at.exception
+    df = at.dataframe[0].value
+    assert df["gender"].iloc[0] in ("uncertain (leans female)", "uncertain (leans male)")
+    assert df["why uncertain"].iloc[0].startswith("predicted age 0-199: 70% right")
+    assert any("uncertain* for 1 of 1 faces" in c.value for c in at.caption)
 
 
 def test_upload_non_image_warns_without_exception(app_env, astronaut_jpeg):
@@ -78,15 +132,9 @@ def test_webcam_snapshot_uses_the_same_view(app_env, astronaut_jpeg):
 
 def test_missing_models_is_a_clear_error(monkeypatch, tmp_path):
     monkeypatch.setenv("AGEGENDER_MODELS_DIR", str(tmp_path))
-    from ui.view import cached_models
-
-    cached_models.clear()
-    try:
-        at = run_upload_page([])
-        assert not at.exception
-        assert at.error and "python -m train" in at.error[0].value
-    finally:
-        cached_models.clear()
+    at = run_upload_page([])
+    assert not at.exception
+    assert at.error and "python -m train" in at.error[0].value
 
 
 def test_dashboard_builds_charts_from_shipped_histories(monkeypatch):
@@ -94,19 +142,66 @@ def test_dashboard_builds_charts_from_shipped_histories(monkeypatch):
         pytest.fail("no shipped training history in models/")
     monkeypatch.chdir(ROOT)
     monkeypatch.delenv("AGEGENDER_MODELS_DIR", raising=False)
+    monkeypatch.setenv("AGEGENDER_RUNS_DIR", str(ROOT / "tests"))  # a folder without runs
     at = AppTest.from_file(str(ROOT / "pages" / "3_Training_history.py"), default_timeout=60).run()
     assert not at.exception
     charts = at.get("plotly_chart")
-    assert len(charts) >= 2  # loss and metric of the selected run
+    assert len(charts) >= 4  # the lineage of both models, loss and metric of the selected run
     if list(SHIPPED.glob("metrics_test_*.json")):
-        assert len(charts) >= 5  # plus per-bucket, per-race and predicted-vs-true
+        assert len(charts) >= 7  # plus per-bucket, per-race and predicted-vs-true
+    assert any("No training run in progress" in c.value for c in at.caption)
+    lineage = [s for s in chart_specs(at) if "The shipped age model" in s["layout"]["title"]["text"]]
+    notes = [a["text"] for a in lineage[0]["layout"]["annotations"]]
+    assert notes[0].startswith("backbone (multitask, from scratch): ") and notes[1].startswith("fine-tune (age): ")
+    assert "64 → 96 px" in notes  # the backbone's progressive resizing
+
+
+def write_progress(folder: Path, age_s: float = 0.0, **fields) -> None:
+    """A ``progress.json`` as ``python -m train`` writes it, last written ``age_s`` seconds ago."""
+    folder.mkdir(parents=True, exist_ok=True)
+    progress = {"schema": "train-progress/1", "run": folder.name, "state": "running", "step": "training",
+                "phase": "1/2", "input_size": 64, "epoch": 3, "epochs": 10, "batch": 120, "batches": 259,
+                "images_per_s": 41.5, "elapsed_s": 900.0, "eta_s": 3725.0, "pid": 12345, **fields}
+    (folder / "progress.json").write_text(json.dumps(progress))
+    then = time.time() - age_s
+    os.utime(folder / "progress.json", (then, then))
+
+
+def test_monitor_follows_a_run_in_progress(app_env, tmp_path, monkeypatch):
+    runs = tmp_path / "runs"
+    write_progress(runs / "age")
+    (runs / "age" / "history.csv").write_text("epoch,loss,mae,val_loss,val_mae,input_size\n"
+                                              "0,90,7.5,95,7.9,64\n1,70,6.5,80,7.0,64\n")
+    write_progress(runs / "old", age_s=7200, state="finished", epoch=10, batch=259, eta_s=0.0)
+    write_progress(runs / "crashed", age_s=3600)
+    (runs / "no_progress").mkdir()
+    monkeypatch.setenv("AGEGENDER_RUNS_DIR", str(runs))
+    at = AppTest.from_file(str(ROOT / "pages" / "3_Training_history.py"), default_timeout=60).run()
+    assert not at.exception
+    pick = at.selectbox(key="monitor-run")
+    assert pick.value == "age" and pick.options == ["age (running)", "crashed (silent)", "old (finished)"]
+    numbers = {m.label: m.value for m in at.metric}
+    assert numbers == {"Epoch": "3 / 10", "Images/s": "41.5", "Elapsed": "15 min 00 s", "Time left": "1 h 02 min"}
+    bar = at.get("progress")[0]
+    assert bar.value == 24 and bar.text.startswith("training batch 120 of 259, epoch 3 of 10, phase 1/2 at 64 px")
+    titles = [s["layout"]["title"]["text"] for s in chart_specs(at)]
+    assert "Loss: age" in titles and "Metric: age" in titles  # the live run's curves so far
+    assert any("Refreshes every 5 s" in c.value for c in at.caption)
+    assert "run: age" in at.selectbox[1].options  # and its history is among the dashboard's runs
+
+    pick.set_value("crashed").run()
+    assert not at.exception
+    assert "may have stopped" in at.get("progress")[0].text
+    at.selectbox(key="monitor-run").set_value("old").run()
+    assert {m.label: m.value for m in at.metric}["Time left"] == "done"
 
 
 def test_dashboard_builds_charts_from_a_models_folder(app_env):
     at = AppTest.from_file(str(ROOT / "pages" / "3_Training_history.py"), default_timeout=60).run()
     assert not at.exception
-    # tiny models: loss + metric of the selected run, and the comparison of the two runs; no evaluation yet
-    assert len(at.get("plotly_chart")) == 3
+    # tiny models: the lineage of each (one stage), loss + metric of the selected run, and the comparison of the
+    # two runs; no evaluation yet
+    assert len(at.get("plotly_chart")) == 5
     assert any("No evaluation yet" in i.value for i in at.info)
     assert any("No evaluation beyond UTKFace yet" in i.value for i in at.info)
 
@@ -125,7 +220,7 @@ def test_dashboard_shows_beyond_utkface_from_the_files_there_are(monkeypatch, tm
     monkeypatch.chdir(ROOT)
     at = AppTest.from_file(str(ROOT / "pages" / "3_Training_history.py"), default_timeout=60).run()
     assert not at.exception
-    assert len(at.get("plotly_chart")) == 5  # the 3 of the histories, bias per age bucket, degradation changes
+    assert len(at.get("plotly_chart")) == 7  # 5 of the histories, bias per age bucket, degradation changes
     assert not any("beyond UTKFace yet" in i.value for i in at.info)
     assert at.radio[0].options == ["chip"]
     at.selectbox[-1].set_value("gender_accuracy").run()
@@ -161,3 +256,56 @@ def test_dashboard_skips_histories_without_an_epoch(tmp_path):
     good, skipped = read_histories({n: tmp_path / f"{n}.csv" for n in ("empty", "header", "good", "missing")})
     assert list(good) == ["good"] and list(good["good"]["epoch"]) == [1, 2]
     assert skipped == ["empty", "header", "missing"]
+
+
+def test_compare_runs_gives_each_kind_of_metric_its_own_axis():
+    import pandas as pd
+
+    from ui import charts
+
+    runs = {"age": pd.DataFrame({"epoch": [1, 2], "val_loss": [80, 60], "val_mae": [7, 6]}),
+            "gender": pd.DataFrame({"epoch": [1, 2], "val_loss": [0.4, 0.3], "val_accuracy": [0.85, 0.9]}),
+            "backbone": pd.DataFrame({"epoch": [1, 2], "val_loss": [3.0, 2.0], "val_age_mae": [9, 8],
+                                      "val_gender_accuracy": [0.8, 0.86]})}
+    fig = charts.compare_figure(runs)
+    titles = [a.text for a in fig.layout.annotations]
+    assert titles == [t for t, _ in charts.COMPARABLE]
+    on_axis: dict[str, set[str]] = {}
+    for trace in fig.data:
+        on_axis.setdefault(trace.yaxis, set()).add(trace.name)
+    assert on_axis == {"y": {"age", "backbone"}, "y2": {"gender", "backbone"}, "y3": {"age"}, "y4": {"gender"},
+                       "y5": {"backbone"}}
+    assert sum(t.showlegend for t in fig.data) == 3  # one legend entry per run
+    only_age = charts.compare_figure({"age": runs["age"]})
+    assert [a.text for a in only_age.layout.annotations] == [charts.COMPARABLE[0][0], charts.COMPARABLE[2][0]]
+
+
+def test_lineage_joins_the_backbone_and_every_stage(tmp_path):
+    """A backbone, a fine-tune from its checkpoint, then a continuation of the export: one timeline."""
+    from core.modelcard import lineage
+    from ui import charts
+
+    (tmp_path / "multitask_run.json").write_text(json.dumps({"task": "multitask", "init": "scratch",
+                                                             "schedule": "64:2,96:1", "lr": 0.001}))
+    (tmp_path / "history_multitask.csv").write_text(
+        "epoch,age_mae,val_age_mae,gender_accuracy,val_gender_accuracy,input_size\n"
+        "0,12,14,0.7,0.72,64\n1,9,10,0.8,0.81,64\n2,8,8.5,0.85,0.84,96\n")
+    fine_tune = {"task": "age", "init": "runs/mt/checkpoint.keras", "init_note": "backbone from mt",
+                 "schedule": "96:2", "lr": 3e-4, "freeze_blocks": 2}
+    (tmp_path / "age_run.json").write_text(json.dumps({"task": "age", "init": "models/age_model.h5",
+                                                       "schedule": "96:2", "parent_run": fine_tune}))
+    (tmp_path / "history_age.csv").write_text("stage,epoch,mae,val_mae,input_size\n"
+                                              "1,0,7,7.5,96\n1,1,6,6.5,96\n2,2,5.5,6.4,96\n2,3,5.2,6.6,96\n")
+    stages = lineage("age", tmp_path)
+    assert [s.title for s in stages] == ["backbone (multitask, from scratch)", "fine-tune (age)",
+                                         "continued, stage 2 (age)"]
+    assert "blocks 1-2 frozen" in stages[1].description
+    frame = charts.lineage_frame("age", stages)
+    assert list(frame["epoch"]) == list(range(1, 8))
+    assert list(frame["val"]) == [14, 10, 8.5, 7.5, 6.5, 6.4, 6.6]  # the backbone's age head, then the age model
+    fig = charts.lineage_figure("age", frame)
+    notes = [a.text for a in fig.layout.annotations]
+    assert notes == ["backbone (multitask, from scratch): 3 epochs", "fine-tune (age): 2 epochs",
+                     "continued, stage 2 (age): 2 epochs", "64 → 96 px"]
+    gender = charts.lineage_frame("gender", lineage("gender", tmp_path))
+    assert gender.empty  # no gender run record: no lineage

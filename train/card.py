@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from core.modelcard import Generalisation, degradation_rows, generalisation_rows, load_model_info
+from core.modelcard import Generalisation, degradation_rows, generalisation_rows, load_model_info, run_stages
 from core.models import models_dir
 
 RUNS = Path(__file__).resolve().parent.parent / "runs"
@@ -149,10 +149,7 @@ def build_card(directory: Path) -> str:
                    f"policy {backbone.get('policy')}."
                    + (f" Note: {backbone['note']}." if backbone.get("note") else ""))
     for task, run in runs.items():
-        stages = []
-        while run:  # a model trained further from an earlier export keeps that run under ``parent_run``
-            stages.insert(0, run)
-            run = run.get("parent_run")
+        stages = run_stages(run)  # a model trained further from an earlier export: each stage, oldest first
         for k, stage in enumerate(stages, 1):
             label = f"{task} model" + (f", stage {k}" if len(stages) > 1 else "")
             crop = ("the app's crop (MTCNN landmarks of each chip)" if stage.get("crop") == "aligned"

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import pandas as pd
+import plotly.colors
 import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from core.modelcard import Stage
 
 #: (training column, validation column, title) for the metric chart of each kind of history.
 METRIC_COLUMNS = {
@@ -96,14 +101,100 @@ def metric_figure(df: pd.DataFrame, title: str) -> go.Figure:
     return fig
 
 
+#: What the comparison chart puts on one axis: (title, {history kind: validation column}), one subplot each.
+#: Age MAE and gender accuracy mean the same for a single-task model and the multitask model's head; the
+#: losses differ between kinds (a multitask loss is a weighted sum, a single-task one includes no other head),
+#: so each kind's loss gets its own subplot.
+COMPARABLE = (
+    ("validation age MAE (years)", {"age": "val_mae", "multitask": "val_age_mae"}),
+    ("validation gender accuracy", {"gender": "val_accuracy", "multitask": "val_gender_accuracy"}),
+    ("validation loss: age models (mean squared error)", {"age": "val_loss"}),
+    ("validation loss: gender models (cross-entropy)", {"gender": "val_loss"}),
+    ("validation loss: multitask (weighted sum of the heads)", {"multitask": "val_loss"}),
+)
+
+
 def compare_figure(histories: dict[str, pd.DataFrame]) -> go.Figure:
-    """Validation loss of several runs on one chart."""
+    """Validation metrics of several runs, one subplot (and y axis) per kind of metric (:data:`COMPARABLE`):
+    numbers of different kinds never share an axis."""
+    panels = []
+    for title, columns in COMPARABLE:
+        lines = {name: (df, columns[history_kind(df)]) for name, df in histories.items()
+                 if columns.get(history_kind(df)) in df.columns}
+        if lines:
+            panels.append((title, lines))
+    if not panels:
+        return go.Figure().update_layout(title="No validation metrics to compare")
+    fig = make_subplots(rows=len(panels), cols=1, subplot_titles=[t for t, _ in panels], vertical_spacing=0.08)
+    palette = dict(zip(histories, itertools.cycle(plotly.colors.qualitative.Plotly)))
+    shown: set[str] = set()
+    for row, (_, lines) in enumerate(panels, 1):
+        for name, (df, col) in lines.items():
+            fig.add_trace(go.Scatter(x=df["epoch"], y=df[col], mode="lines+markers", name=name, legendgroup=name,
+                                     showlegend=name not in shown, line={"color": palette[name]}), row=row, col=1)
+            shown.add(name)
+        fig.update_xaxes(title_text="epoch", row=row, col=1)
+    fig.update_layout(title="Compare runs: one chart per kind of metric", height=260 * len(panels) + 80,
+                      margin={"t": 70, "b": 40})
+    return fig
+
+
+#: The model's own metric along its lineage: task -> history kind -> (training column, validation column).
+LINEAGE_METRIC = {
+    "age": ({"multitask": ("age_mae", "val_age_mae"), "age": ("mae", "val_mae")}, "age MAE (years)"),
+    "gender": ({"multitask": ("gender_accuracy", "val_gender_accuracy"), "gender": ("accuracy", "val_accuracy")},
+               "gender accuracy"),
+}
+
+
+def lineage_frame(task: str, stages: list[Stage]) -> pd.DataFrame:
+    """One row per epoch along a shipped model's lineage (:func:`core.modelcard.lineage`): ``epoch`` counted
+    from the first stage on, ``stage`` (its title), ``description``, ``input_size``, and the model's metric (``train``,
+    ``val``), from the backbone's head for the same task in the backbone's epochs."""
+    columns, _ = LINEAGE_METRIC[task]
+    parts, offset = [], 0
+    for st in stages:
+        if st.history is None or st.kind not in columns:
+            continue
+        df = read_history(st.history)
+        if st.stage is not None and "stage" in df.columns:
+            df = df[df["stage"] == st.stage]
+        train_col, val_col = columns[st.kind]
+        part = pd.DataFrame({"epoch": range(offset + 1, offset + len(df) + 1), "stage": st.title,
+                             "description": st.description,
+                             "input_size": df["input_size"].to_numpy() if "input_size" in df.columns else None,
+                             "train": df[train_col].to_numpy() if train_col in df.columns else None,
+                             "val": df[val_col].to_numpy() if val_col in df.columns else None})
+        parts.append(part)
+        offset += len(df)
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(
+        columns=["epoch", "stage", "description", "input_size", "train", "val"])
+
+
+def lineage_figure(task: str, frame: pd.DataFrame) -> go.Figure:
+    """The model's metric over its whole making, one shaded band per stage (backbone, fine-tune, ...) and a
+    dotted line where the input size changes."""
+    _, label = LINEAGE_METRIC[task]
     fig = go.Figure()
-    for name, df in histories.items():
-        if "val_loss" in df.columns:
-            fig.add_trace(go.Scatter(x=df["epoch"], y=df["val_loss"], mode="lines+markers", name=name))
-    fig.update_layout(title="Validation loss by run", xaxis_title="epoch", yaxis_title="val_loss",
-                      yaxis_type="log", margin={"t": 50, "b": 40})
+    for col, name in (("train", "training"), ("val", "validation")):
+        if frame[col].notna().any():
+            fig.add_trace(go.Scatter(x=frame["epoch"], y=frame[col], mode="lines+markers", name=name,
+                                     customdata=frame[["stage", "input_size"]].to_numpy(),
+                                     hovertemplate="epoch %{x} (%{customdata[0]}, %{customdata[1]} px): %{y:.3f}"))
+    shades = ("rgba(59, 111, 216, 0.08)", "rgba(216, 140, 59, 0.10)", "rgba(80, 170, 90, 0.10)")
+    for k, (stage, rows) in enumerate(frame.groupby("stage", sort=False)):
+        fig.add_vrect(x0=rows["epoch"].min() - 0.5, x1=rows["epoch"].max() + 0.5, fillcolor=shades[k % len(shades)],
+                      line_width=0, annotation_text=f"{stage}: {len(rows)} epoch{'s' if len(rows) != 1 else ''}",
+                      annotation_position="top left")
+    sizes = frame["input_size"]
+    for i in range(1, len(frame)):
+        if pd.notna(sizes.iloc[i]) and pd.notna(sizes.iloc[i - 1]) and sizes.iloc[i] != sizes.iloc[i - 1]:
+            fig.add_vline(x=frame["epoch"].iloc[i] - 0.5, line_dash="dot", line_color="gray",
+                          annotation_text=f"{int(sizes.iloc[i - 1])} → {int(sizes.iloc[i])} px",
+                          annotation_position="bottom right")
+    fig.update_layout(title=f"The shipped {task} model, from the first epoch to export: {label}",
+                      xaxis_title="epoch (all stages)", yaxis_title=label, hovermode="x unified",
+                      margin={"t": 50, "b": 40})
     return fig
 
 

@@ -1,9 +1,14 @@
-"""Streamlit building blocks shared by the pages: cached models, sidebar settings, the result view."""
+"""Streamlit building blocks shared by the pages: models loaded in the background, sidebar settings, the result
+view."""
 
 from __future__ import annotations
 
+import base64
 import io
 import json
+import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -14,30 +19,113 @@ from PIL import Image
 import core
 from core.draw import annotate, shrink
 from core.image import load_image
-from core.models import AgeGenderModels, load_models
-from core.pipeline import DEFAULT_MIN_FACE_SIZE, DEFAULT_THRESHOLD
+from core.models import AgeGenderModels, load_models, models_dir
+from core.models import require_models as check_model_files
+from core.pipeline import DEFAULT_MIN_FACE_SIZE, DEFAULT_THRESHOLD, face_crop
+from core.reliability import GenderReliability
 
 #: Photos are shown and offered for download at most this large (a 50 MP photo would be a 100 MB PNG).
 DISPLAY_MAX_SIDE = 2048
 
 
-@st.cache_resource(show_spinner="Loading the face detector and the age and gender models...")
-def cached_models() -> AgeGenderModels:
-    """Detector and both models, loaded once per server process and shared by all sessions."""
-    from core.detect import get_detector
-
-    get_detector()
-    return load_models()
+#: A cold start of the detector and both models took 6-10 s on the project's 2-core machines (README, Speed).
+TYPICAL_LOAD_S = 10.0
 
 
-def require_models() -> AgeGenderModels:
-    """The models, or a clear error and ``st.stop()`` when they are missing."""
+class ModelLoader:
+    """The detector and both models, loaded (and warmed up with one blank face) in a background thread, so
+    that no page waits for them before it is drawn. One per server process and models folder."""
+
+    def __init__(self, directory: str):
+        self.directory = directory
+        self.models: AgeGenderModels | None = None
+        self.error: Exception | None = None
+        self.seconds: float | None = None
+        self.done = threading.Event()
+        self._t0 = time.perf_counter()
+        threading.Thread(target=self._load, name="model-loader", daemon=True).start()
+
+    def _load(self) -> None:
+        from core.detect import get_detector
+
+        try:
+            get_detector()
+            models = load_models(self.directory)
+            models.predict({s: np.zeros((1, s, s, 3), np.uint8) for s in set(models.input_sizes.values())})
+            self.models = models
+        except Exception as exc:  # noqa: BLE001 - shown on the page instead of a traceback
+            self.error = exc
+        finally:
+            self.seconds = time.perf_counter() - self._t0
+            self.done.set()
+
+    @property
+    def elapsed(self) -> float:
+        return self.seconds if self.seconds is not None else time.perf_counter() - self._t0
+
+
+@st.cache_resource(show_spinner=False)
+def model_loader(directory: str) -> ModelLoader:
+    """The process-wide loader of the models in ``directory``; raises :class:`core.ModelNotFound` at once
+    (and caches nothing) when a model file is missing."""
+    check_model_files(directory)
+    return ModelLoader(directory)
+
+
+def start_loading() -> ModelLoader:
+    """Start loading the models in the background (every page calls this first); a clear error and
+    ``st.stop()`` when they are missing."""
     try:
-        return cached_models()
+        return model_loader(str(models_dir().resolve()))
     except core.ModelNotFound as exc:
         st.error(f"The models are not available: {exc}")
         st.stop()
         raise  # unreachable: st.stop() ends the script run
+
+
+def loading_status(loader: ModelLoader) -> Callable[[], None]:
+    """One line on the models at this place of the page: still loading (seconds so far) or ready (how long it
+    took). Returns ``follow``: call it last on the page to keep the line current until the models are ready.
+    ``follow`` loops inside this script run, after everything else is drawn (a click or an upload interrupts
+    it like any script run); reruns instead (a fragment with ``run_every``) would make Streamlit collect garbage
+    and clear Keras' session after each one, which slowed the loading thread down many times over."""
+    slot = st.empty()
+
+    def show() -> None:
+        if not loader.done.is_set():
+            slot.caption(f"Loading the face detector and the models in the background: {loader.elapsed:.0f} s so "
+                         f"far (about {TYPICAL_LOAD_S:.0f} s once per server start). You can choose a photo "
+                         "meanwhile.")
+        elif loader.models is not None:
+            slot.caption(f"Models ready (loaded in {loader.seconds:.1f} s, once for this server).")
+        else:
+            slot.error(f"The models could not be loaded: {loader.error}")
+
+    def follow() -> None:
+        while not loader.done.wait(0.5):
+            show()
+        show()
+
+    show()
+    return follow
+
+
+def require_models() -> AgeGenderModels:
+    """The loaded models; while they load, a progress bar with the seconds so far (no silent spinner); a clear
+    error and ``st.stop()`` when loading failed."""
+    loader = start_loading()
+    if not loader.done.is_set():
+        bar = st.progress(0.0, text="Loading the models...")
+        while not loader.done.wait(0.25):
+            bar.progress(min(loader.elapsed / TYPICAL_LOAD_S, 0.95),
+                         text=f"Loading the face detector and the models: {loader.elapsed:.0f} s so far, usually "
+                              f"about {TYPICAL_LOAD_S:.0f} s once per server start")
+        bar.empty()
+    if loader.models is None:
+        st.error(f"The models could not be loaded: {loader.error}")
+        st.stop()
+    assert loader.models is not None
+    return loader.models
 
 
 @dataclass(frozen=True)
@@ -61,15 +149,82 @@ def sidebar_settings() -> Settings:
 
 
 def results_table(faces: list[core.FaceResult]) -> pd.DataFrame:
-    return pd.DataFrame([{
-        "face": i,
-        "age": round(f.age, 1),
-        "age range": f"{f.age_range[0]:.0f}-{f.age_range[1]:.0f}",
-        "gender": f.gender,
-        "gender probability": round(f.gender_probability, 3),
-        "P(female)": round(f.female_probability, 3),
-        "detection confidence": round(f.confidence, 3),
-    } for i, f in enumerate(faces, 1)])
+    """One row per face, the columns a person reads at once (also the CSV download)."""
+    rows = []
+    for i, f in enumerate(faces, 1):
+        rows.append({
+            "face": i,
+            "age": round(f.age, 1),
+            "age range": f"{f.age_range[0]:.0f}-{f.age_range[1]:.0f}",
+            "gender": f.gender if f.gender_reliable else f"uncertain (leans {f.likely_gender})",
+            "gender probability": round(f.gender_probability, 2),
+            "detection confidence": round(f.confidence, 2),
+            "why uncertain": f.gender_note or "",
+        })
+    table = pd.DataFrame(rows)
+    return table if any(not f.gender_reliable for f in faces) else table.drop(columns="why uncertain")
+
+
+#: Help texts of the result table's columns.
+COLUMN_HELP = {
+    "face": "the number on the box in the photo",
+    "model input": "the crop of the face that the age and gender models saw",
+    "age": "estimated apparent age in years",
+    "age range": "on held-out faces the true age fell inside such a range for about 80 % of them",
+    "gender": "the gender label the model gives (UTKFace's binary label); 'uncertain' where validation data "
+              "says it is unreliable for such a face",
+    "gender probability": "the model's probability of the gender in the gender column (for an uncertain one: "
+                          "of the side it leans to)",
+    "detection confidence": "how sure the face detector (MTCNN) is that this is a face",
+    "why uncertain": "the validation result that makes this face's gender uncertain",
+}
+
+
+def reliability_text(gender_metadata: dict) -> str:
+    """The gender model's reliability rule in words, from its ``gender_reliability`` block."""
+    block = gender_metadata.get("gender_reliability")
+    rule = GenderReliability.from_metadata(block)
+    if rule is None or block is None:
+        return ("No reliability rule is stored with this gender model, so every face gets a label: run "
+                "`python -m train.reliability` (see the README).")
+    bad = [f"{b.label} ({b.accuracy:.0%})" if b.accuracy is not None else b.label for b in rule.buckets
+           if not b.reliable]
+    low, high = rule.band
+    v = block.get("validation", {})
+    parts = [f"Gender is shown as **uncertain** where the validation split says it is unreliable (right for "
+             f"fewer than {rule.target:.0%} of the faces):"]
+    parts.append(f"predicted ages {', '.join(bad)}" if bad else "no age bucket")
+    if high > low:
+        parts.append(f"and a probability of female between {low:.2f} and {high:.2f}"
+                     + (f" ({rule.band_accuracy:.0%})" if rule.band_accuracy is not None else ""))
+    text = " ".join(parts) + "."
+    when = (block.get("computed_on") or {}).get("computed", "")[:10]
+    text += f" Measured by `python -m train.reliability`{' on ' + when if when else ''}."
+    if v.get("n"):
+        text += f" On the {v['n']} validation faces that leaves {v['uncertain_share']:.0%} uncertain"
+        text += (f"; the labels shown were right {v['accuracy_shown']:.1%} of the time (all faces: "
+                 f"{v['accuracy_all']:.1%})." if v.get("accuracy_shown") is not None else ".")
+    return text
+
+
+def _data_uri(rgb: np.ndarray) -> str:
+    return "data:image/png;base64," + base64.b64encode(_png(rgb)).decode()
+
+
+def crops_column(rgb: np.ndarray, faces: list[core.FaceResult], models: AgeGenderModels,
+                 align: bool) -> dict[str, list[str]]:
+    """Thumbnails (data URIs) of the crop each model saw: one column, or one per model where the input sizes
+    differ."""
+    sizes = models.input_sizes
+    names = {"model input": sizes["age"]} if len(set(sizes.values())) == 1 else {
+        f"{task} model input": size for task, size in sizes.items()}
+    return {name: [_data_uri(face_crop(rgb, f, size, align=align)) for f in faces] for name, size in names.items()}
+
+
+def _gender_style(value: str) -> str:
+    if value.startswith("uncertain"):
+        return "color: #6b7280; font-style: italic"
+    return f"color: {'#b8327a' if value == 'female' else '#2563b8'}; font-weight: 600"
 
 
 def _png(rgb: np.ndarray) -> bytes:
@@ -82,36 +237,60 @@ def analyze_and_show(name: str, data: bytes, settings: Settings, key: str) -> li
     """Decode, analyse and render one image; a warning instead of an exception for a bad file."""
     models = require_models()
     try:
+        started = time.perf_counter()
         rgb = load_image(data, name=name)
         faces = core.analyze(rgb, min_face_size=settings.min_face_size, threshold=settings.threshold,
                              align=settings.align, models=models)
+        seconds = time.perf_counter() - started
     except core.InvalidImage as exc:
         st.warning(f"**{name}**: {exc}")
         return None
     except Exception as exc:  # noqa: BLE001 - the UI must never show a traceback
         st.error(f"**{name}**: analysis failed ({type(exc).__name__}: {exc}).")
         return None
-    show_result(name, rgb, faces, key=key)
+    show_result(name, rgb, faces, key=key, seconds=seconds, models=models, align=settings.align)
     return faces
 
 
-def show_result(name: str, rgb: np.ndarray, faces: list[core.FaceResult], *, key: str) -> None:
-    """The one result view: annotated image, table, downloads."""
+def show_result(name: str, rgb: np.ndarray, faces: list[core.FaceResult], *, key: str, seconds: float | None = None,
+                models: AgeGenderModels | None = None, align: bool = True) -> None:
+    """The one result view: annotated image, table (with the models' crops where ``models`` is given), time
+    taken, downloads."""
     st.subheader(name)
+    took = f" in {seconds:.2f} s" if seconds is not None else ""
     if not faces:
-        st.info(f"No face found in {name}. Try a smaller minimum face size or a lower detection threshold "
+        st.info(f"No face found in {name}{took}. Try a smaller minimum face size or a lower detection threshold "
                 "in the sidebar, or a photo where the face is larger and facing the camera.")
         st.image(shrink(rgb, DISPLAY_MAX_SIDE)[0], width="stretch")
         return
     annotated = annotate(rgb, faces, max_side=DISPLAY_MAX_SIDE)
-    st.image(annotated, caption=f"{len(faces)} face{'s' if len(faces) != 1 else ''}", width="stretch")
+    n = f"{len(faces)} face{'s' if len(faces) != 1 else ''}"
+    st.image(annotated, caption=n, width="stretch")
+    if seconds is not None:
+        st.caption(f"{n} found and analysed{took} (detection, crops and both models).")
     table = results_table(faces)
-    st.dataframe(table, hide_index=True, width="stretch")
+    shown = table.copy()
+    if models is not None:
+        for column, images in crops_column(rgb, faces, models, align).items():
+            shown.insert(1, column, images)
+    config = {c: st.column_config.Column(help=COLUMN_HELP.get(c.replace("age model ", "").replace("gender model ", "")))
+              for c in shown.columns}
+    config.update({c: st.column_config.ImageColumn(c, help=COLUMN_HELP["model input"]) for c in shown.columns
+                   if c.endswith("model input")})
+    styled = shown.style.map(_gender_style, subset=["gender"]).format(
+        {"age": "{:.1f}", "gender probability": "{:.2f}", "detection confidence": "{:.2f}"})
+    st.dataframe(styled, hide_index=True, width="stretch", column_config=config,
+                 row_height=64 if models is not None else None)
+    uncertain = sum(not f.gender_reliable for f in faces)
+    if uncertain:
+        st.caption(f"Gender shown as *uncertain* for {uncertain} of {len(faces)} faces: on validation faces like "
+                   "these the gender model was right too rarely to give a label (see the Home page).")
     stem = name.rsplit(".", 1)[0]
     c1, c2, c3 = st.columns(3)
     c1.download_button("Annotated image (PNG)", _png(annotated), f"{stem}_annotated.png", "image/png",
                        key=f"{key}-png")
     c2.download_button("Results (CSV)", table.to_csv(index=False), f"{stem}_faces.csv", "text/csv",
                        key=f"{key}-csv")
-    payload = json.dumps({"file": name, "faces": [f.as_dict() for f in faces]}, indent=2)
+    payload = json.dumps({"file": name, "seconds": None if seconds is None else round(seconds, 3),
+                          "faces": [f.as_dict() for f in faces]}, indent=2)
     c3.download_button("Results (JSON)", payload, f"{stem}_faces.json", "application/json", key=f"{key}-json")

@@ -3,8 +3,9 @@
 import streamlit as st
 
 from core.modelcard import load_model_info
+from ui.view import loading_status, reliability_text, start_loading
 
-st.set_page_config(page_title="Age & gender from faces", page_icon="🙂", layout="wide")
+st.set_page_config(page_title="Home · Age & gender from faces", page_icon="🙂", layout="wide")
 
 st.title("Age and gender estimation from face photos")
 st.write(
@@ -19,6 +20,7 @@ st.header("The models")
 if not info.available:
     st.warning("No trained models in `models/` yet. Train them with `python -m train` (see the README).")
 else:
+    follow_loading = loading_status(start_loading())  # the models load in the background while you read
     age, gender = info.metadata.get("age", {}), info.metadata.get("gender", {})
     detect = info.metrics.get("detect") or {}
     chip = info.metrics.get("chip") or {}
@@ -42,14 +44,15 @@ else:
         f"- **Input:** {age.get('input_size', '?')} px face crops framed like UTKFace chips; test-time flip.\n"
         "- Full model card: `models/MODEL_CARD.md`; curves and per-group errors: **Training history**."
     )
-    _ = gender
+    st.subheader("When gender is shown as uncertain")
+    st.markdown(reliability_text(gender))
 
 st.header("Limits")
 st.markdown(
     "- Estimates **apparent** age from appearance, not documents; errors grow for the elderly and vary by group "
     "(see the per-bucket and per-race charts).\n"
     "- Gender is the dataset's **binary label** (as annotated in UTKFace), not anyone's identity; for children "
-    "it is unreliable.\n"
+    "it is unreliable, and the app says *uncertain* there (above).\n"
     "- Trained on UTKFace (non-commercial research licence); not for decisions about people."
 )
 
@@ -58,3 +61,6 @@ st.markdown(
     "Images are processed **in memory** and **never stored**: nothing is written to disk, logged or sent "
     "anywhere. Streamlit's usage statistics are switched off."
 )
+
+if info.available:
+    follow_loading()  # keeps the models' line current until they are ready
