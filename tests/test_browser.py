@@ -87,6 +87,10 @@ def screenshots(url: str, out: Path, photo: Path) -> list[Path]:
     saved = []
 
     def shot(page, name: str, **kw) -> None:
+        for _ in range(40):  # not in the middle of a rerun (the monitor's refresh): no element greyed out as stale
+            if not page.locator('[data-stale="true"]').count():
+                break
+            page.wait_for_timeout(250)
         page.screenshot(path=out / name, **kw)
         saved.append(out / name)
 
@@ -108,7 +112,7 @@ def screenshots(url: str, out: Path, photo: Path) -> list[Path]:
         shot(page, "webcam.png", full_page=True)
         page.goto(f"{url}/{PAGES['history']}")
         page.get_by_text("How the shipped models were made").wait_for(timeout=60_000)
-        page.locator(".js-plotly-plot").first.wait_for(timeout=60_000)
+        page.locator(".js-plotly-plot").first.wait_for(timeout=180_000)
         page.wait_for_timeout(2000)
         shot(page, "history.png", full_page=True)
         if page.get_by_text("Time left").count():  # the monitor's section, from its header to the next one
