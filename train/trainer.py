@@ -134,6 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stop once this many epochs of the schedule are done in all (with --resume: idempotent)")
     p.add_argument("--max-epochs", type=int,
                    help="stop after this many epochs in this invocation (continue later with --resume)")
+    p.add_argument("--epoch-images", type=int,
+                   help="images per epoch, drawn with --dataset-weights (default: as many as the training sets "
+                        "hold together); shorter epochs give a fine-tune more checkpoints and validations")
     p.add_argument("--no-cache", action="store_true",
                    help="do not cache decoded chips (nor computed landmarks) in .cache/")
     return p
@@ -360,7 +363,10 @@ def train(args: argparse.Namespace) -> dict:
     train_s = [s for split in splits.values() for s in split["train"]]
     val_s = [s for split in splits.values() for s in split["val"]]
     weights = dataset_weights({k: len(v["train"]) for k, v in splits.items()}, args.dataset_weights)
-    steps_per_epoch = math.ceil(len(train_s) / args.batch_size)
+    epoch_images = args.epoch_images or len(train_s)
+    if epoch_images < 1:
+        raise ValueError(f"--epoch-images must be positive, got {epoch_images}")
+    steps_per_epoch = math.ceil(epoch_images / args.batch_size)
 
     config = {
         "task": args.task, "data_dir": str(args.data_dir[0]), "data_dirs": [str(d) for d in args.data_dir],
@@ -369,6 +375,7 @@ def train(args: argparse.Namespace) -> dict:
         "weight_decay": args.weight_decay, "init": args.init, "freeze_blocks": args.freeze_blocks,
         "crop": args.crop, "augment": args.augment, "patience": args.patience, "seed": args.seed,
         "limit": args.limit, "precision": args.precision, "policy": policy, "n_train": len(train_s),
+        "epoch_images": epoch_images,
         "n_val": len(val_s), "n_test": sum(len(v["test"]) for v in splits.values()),
         "split_dir": str(next(iter(srcs.values())).split_dir),
         "dataset_weights": weights,
@@ -423,12 +430,12 @@ def train(args: argparse.Namespace) -> dict:
                 parts[name] = (load_chips(src.data_dir, split[part], size, cache=cache, align=align,
                                           store=src.landmarks_file), labels(split[part], args.task))
         train_ds = make_mixed_dataset(train_parts, batch_size=args.batch_size, weights=weights, seed=args.seed,
-                                      augment=args.augment, examples_per_epoch=len(train_s))
+                                      augment=args.augment, examples_per_epoch=epoch_images)
         val_ds = make_dataset(np.concatenate([x for x, _ in val_parts.values()]), labels(val_s, args.task),
                               batch_size=args.batch_size, training=False)
         per_dataset = [PerDatasetValidation(val_parts, args.task, args.batch_size)] if len(srcs) > 1 else []
         callbacks = [
-            EpochInfo(len(train_s), size),
+            EpochInfo(epoch_images, size),
             *per_dataset,
             keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=True),
             keras.callbacks.ModelCheckpoint(str(ckpt), save_weights_only=False),
