@@ -89,3 +89,77 @@ def test_parallel_requests_get_their_own_results(client, astronaut):
         assert body["image"]["width"] == 512 + pad
         x = body["faces"][0]["box"]["x"]
         assert abs(x - (ASTRONAUT_FACE[0] + pad)) < 6
+
+
+def test_full_queue_answers_503_busy_json_with_retry_after(tiny_models, astronaut_jpeg, monkeypatch):
+    """With room for one request, a second one while the first is being analysed is refused at once with
+    503 busy; once the first is done, requests are answered normally again. Deterministic: the first
+    request's analysis waits for an event that the test sets only after the refusal."""
+    import threading
+
+    import core.api
+
+    real = core.api.analyze_image
+    started, release = threading.Event(), threading.Event()
+
+    def slow_analysis(*args, **kwargs):
+        started.set()
+        assert release.wait(60), "the test never released the analysis"
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(core.api, "analyze_image", slow_analysis)
+    app = create_app(tiny_models, max_queue=1)
+    client = TestClient(app)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        first = pool.submit(client.post, "/v1/analyze", content=astronaut_jpeg)
+        assert started.wait(60), "the first request never reached the analysis"
+        refused = client.post("/v1/analyze", files={"image": ("a.jpg", astronaut_jpeg, "image/jpeg")})
+        release.set()
+        assert first.result(timeout=120).status_code == 200
+    assert refused.status_code == 503
+    assert refused.headers["content-type"] == "application/json"
+    assert int(refused.headers["retry-after"]) >= 1
+    body = refused.json()
+    assert body["error"] == "busy" and "1 request" in body["detail"]
+    assert app.state.admission.inside == 0
+    assert client.post("/v1/analyze", content=astronaut_jpeg).status_code == 200
+
+
+def test_refused_and_failed_requests_free_their_place(tiny_models, astronaut_jpeg, monkeypatch):
+    """Errors (bad image, an exception in the analysis) leave the queue: with room for one request, the
+    next one is still answered."""
+    import core.api
+
+    app = create_app(tiny_models, max_queue=1)
+    client = TestClient(app, raise_server_exceptions=False)
+    assert client.post("/v1/analyze", content=b"plain text").status_code == 400
+    assert client.post("/v1/analyze", content=b"").status_code == 400
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    with monkeypatch.context() as m:
+        m.setattr(core.api, "analyze_image", broken)
+        assert client.post("/v1/analyze", content=astronaut_jpeg).status_code == 500
+    assert app.state.admission.inside == 0
+    assert client.post("/v1/analyze", content=astronaut_jpeg).status_code == 200
+
+
+def test_max_queue_from_flag_environment_or_default(monkeypatch):
+    from core.api import DEFAULT_MAX_QUEUE, MAX_QUEUE_ENV, build_parser, max_queue_setting
+
+    monkeypatch.delenv(MAX_QUEUE_ENV, raising=False)
+    assert max_queue_setting() == DEFAULT_MAX_QUEUE
+    assert create_app().state.admission.limit == DEFAULT_MAX_QUEUE  # models load on first use, not here
+    monkeypatch.setenv(MAX_QUEUE_ENV, "5")
+    assert create_app().state.admission.limit == 5
+    assert create_app(max_queue=3).state.admission.limit == 3
+    assert build_parser().parse_args(["--max-queue", "7"]).max_queue == 7
+    assert build_parser().parse_args([]).max_queue is None
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--max-queue", "0"])
+    monkeypatch.setenv(MAX_QUEUE_ENV, "many")
+    with pytest.raises(ValueError, match=MAX_QUEUE_ENV):
+        create_app()
+    with pytest.raises(ValueError, match="at least 1"):
+        create_app(max_queue=0)
