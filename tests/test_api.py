@@ -163,3 +163,49 @@ def test_max_queue_from_flag_environment_or_default(monkeypatch):
         create_app()
     with pytest.raises(ValueError, match="at least 1"):
         create_app(max_queue=0)
+
+
+def test_load_bench_runs_bounded_and_reports(tiny_models):
+    """``python -m bench.load`` starts the API on 127.0.0.1, sends a few photos from 2 clients, stops the
+    server and prints its JSON summary last (no timing is asserted)."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    r = subprocess.run([sys.executable, "-m", "bench.load", "--clients", "2", "--requests", "6", "--deadline", "300",
+                        "--models-dir", str(tiny_models)], cwd=root, env={**os.environ, "PYTHONPATH": str(root)},
+                       capture_output=True, text=True, timeout=400)
+    assert r.stdout.strip(), r.stderr[-2000:]
+    result = json.loads(r.stdout.strip().splitlines()[-1])
+    assert set(result) >= {"clients", "requests", "answered", "throughput_rps", "latency_p50_ms", "latency_p95_ms",
+                           "status_counts", "errors", "rss_mb_first", "rss_mb_end", "rss_ratio", "memory_flat",
+                           "machine", "max_queue"}
+    assert result["answered"] == 6 and result["finished"] and result["server_alive"]
+    assert result["status_counts"] == {"200": 6} and result["errors"] == 0, result["error_samples"]
+    assert result["rss_sampled_after"] == 3 and result["rss_mb_first"] > 0 and result["rss_mb_end"] > 0
+    assert result["latency_p50_ms"] <= result["latency_p95_ms"]
+    assert r.returncode == (0 if result["memory_flat"] else 1), r.stderr[-2000:]
+
+
+def test_load_bench_accepts_only_200_and_503_busy():
+    """The load bench's judge: 503 counts as shed load only with the busy JSON and a Retry-After header."""
+    import httpx
+
+    from bench.load import check_answer
+
+    def judge(status, body=None, headers=None, text=None):
+        kw = {"json": body} if text is None else {"text": text}
+        return check_answer(0, "p", httpx.Response(status, headers=headers, **kw), 0.1)
+
+    answer, wait = judge(200, {"faces": [{}, {}], "image": {"width": 1, "height": 1}})
+    assert answer.ok and answer.faces == 2 and wait == 0
+    answer, wait = judge(503, {"error": "busy", "detail": "x"}, {"Retry-After": "2"})
+    assert answer.ok and answer.status == "503" and wait == 2
+    assert not judge(503, {"error": "busy", "detail": "x"})[0].ok  # no Retry-After
+    assert not judge(503, {"error": "models_missing", "detail": "x"}, {"Retry-After": "1"})[0].ok
+    assert not judge(503, text="Service Unavailable", headers={"Retry-After": "1"})[0].ok
+    assert not judge(500, text="Internal Server Error")[0].ok
+    assert not judge(200, {"faces": "none"})[0].ok
