@@ -1,7 +1,7 @@
 """The HTTP API under load: concurrent clients POST photos to a server that this command starts and stops.
 
-    python -m bench.load [--clients 16] [--requests 500] [--port 0] [--max-queue N] [--models-dir DIR]
-                         [--deadline 1800] [--photos DIR]
+    python -m bench.load [--clients 16] [--requests 500] [--port 0] [--max-queue N] [--workers N]
+                         [--models-dir DIR] [--deadline 1800] [--photos DIR]
 
 Starts ``python -m core.api`` on 127.0.0.1 in a subprocess (``--port 0``: a free port), waits until
 ``/healthz`` says the models are loaded, then ``--clients`` threads send ``--requests`` multipart POSTs to
@@ -15,7 +15,8 @@ header when the server's bounded queue is full (a client told "busy" waits that 
 request; with the default ``--max-queue`` of 32 and 16 clients it never is). Anything else is an error.
 
 Memory: the server's resident set size (psutil, else ``/proc/<pid>/status``) is sampled after the first
-``--rss-after`` answers (default 50) and at the end; it is flat when the end is at most ``--rss-ratio``
+``--rss-after`` answers (default 50), again after every further ``--rss-after`` (the series is reported too)
+and at the end; it is flat when the end is at most ``--rss-ratio``
 (1.2) times the first sample. Reported: latency p50/p95/max of the 200s (client side, send to last byte:
 with one model behind a lock it includes the wait in the queue), throughput, answers by status code, RSS.
 The last line printed is one JSON object; the exit status is 1 on any error, an unfinished run or growing
@@ -87,7 +88,8 @@ def _proc_status_kb(pid: int) -> dict[str, int]:
 class Server:
     """``python -m core.api`` on 127.0.0.1:``port`` in a subprocess, its output in a temporary log file."""
 
-    def __init__(self, port: int, *, models_dir: str | None = None, max_queue: int | None = None):
+    def __init__(self, port: int, *, models_dir: str | None = None, max_queue: int | None = None,
+                 workers: int | None = None):
         self.port = port
         self.url = f"http://{HOST}:{port}"
         cmd = [sys.executable, "-m", "core.api", "--host", HOST, "--port", str(port)]
@@ -95,6 +97,8 @@ class Server:
             cmd += ["--models-dir", str(models_dir)]
         if max_queue:
             cmd += ["--max-queue", str(max_queue)]
+        if workers:
+            cmd += ["--workers", str(workers)]
         self.log = tempfile.TemporaryFile(mode="w+b")  # noqa: SIM115 - closed by stop()
         env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(ROOT)}
         self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT)
@@ -158,6 +162,7 @@ class LoadRun:
     answers: list[Answer] = field(default_factory=list)
     next_index: int = 0
     rss_first: tuple[float, float] | None = None
+    rss_series: dict[int, float] = field(default_factory=dict)  # answers so far -> RSS in MB
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def take(self) -> int | None:
@@ -170,8 +175,11 @@ class LoadRun:
     def record(self, answer: Answer) -> None:
         with self.lock:
             self.answers.append(answer)
-            if len(self.answers) == self.rss_after:
-                self.rss_first = rss_mb(self.server_pid)
+            if len(self.answers) % self.rss_after == 0:
+                sample = rss_mb(self.server_pid)
+                self.rss_series[len(self.answers)] = round(sample[0], 1)
+                if len(self.answers) == self.rss_after:
+                    self.rss_first = sample
 
 
 def check_answer(index: int, name: str, response, latency_s: float) -> tuple[Answer, float]:
@@ -228,6 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=500, help="requests in all (default 500)")
     parser.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (default 0: a free one)")
     parser.add_argument("--max-queue", type=int, help="the server's --max-queue (default: its own default)")
+    parser.add_argument("--workers", type=int, help="the server's --workers (default: its own default)")
     parser.add_argument("--models-dir", help="the server's --models-dir (default: models/ or AGEGENDER_MODELS_DIR)")
     parser.add_argument("--deadline", type=float, default=1800.0,
                         help="seconds for the whole run, server start included (default 1800)")
@@ -250,7 +259,8 @@ def main(argv: list[str] | None = None) -> int:
     rng.shuffle(order)
 
     t0 = time.monotonic()
-    server = Server(args.port or free_port(), models_dir=args.models_dir, max_queue=args.max_queue)
+    server = Server(args.port or free_port(), models_dir=args.models_dir, max_queue=args.max_queue,
+                    workers=args.workers)
     try:
         server.wait_healthy(deadline)
         startup_s = time.monotonic() - t0
@@ -267,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
         log_tail = server.log_tail() if server.proc.poll() is not None else ""
         server.stop()
 
-    from core.api import max_queue_setting
+    from core.api import max_queue_setting, workers_setting
     from core.hardware import cpu_description
     from core.models import inference_precision
 
@@ -290,6 +300,7 @@ def main(argv: list[str] | None = None) -> int:
         "answered": len(answers),
         "finished": finished,
         "max_queue": max_queue_setting(args.max_queue),
+        "workers": workers_setting(args.workers),
         "photos": len(photos),
         "startup_s": round(startup_s, 1),
         "wall_s": round(wall_s, 1),
@@ -308,6 +319,7 @@ def main(argv: list[str] | None = None) -> int:
         "rss_mb_end": round(rss_end[0], 1) if rss_end else None,
         "rss_ratio": ratio,
         "rss_peak_mb": round(rss_end[1], 1) if rss_end else None,
+        "rss_mb_every": run.rss_series,
         "memory_flat": memory_flat,
         "server_alive": server_alive,
     }

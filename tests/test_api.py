@@ -145,8 +145,19 @@ def test_refused_and_failed_requests_free_their_place(tiny_models, astronaut_jpe
     assert client.post("/v1/analyze", content=astronaut_jpeg).status_code == 200
 
 
-def test_max_queue_from_flag_environment_or_default(monkeypatch):
-    from core.api import DEFAULT_MAX_QUEUE, MAX_QUEUE_ENV, build_parser, max_queue_setting
+def test_max_queue_and_workers_from_flag_environment_or_default(monkeypatch):
+    from core.api import DEFAULT_MAX_QUEUE, DEFAULT_WORKERS, MAX_QUEUE_ENV, WORKERS_ENV, build_parser, max_queue_setting
+
+    monkeypatch.delenv(WORKERS_ENV, raising=False)
+    assert create_app().state.executor._max_workers == DEFAULT_WORKERS
+    assert create_app(workers=1).state.executor._max_workers == 1
+    monkeypatch.setenv(WORKERS_ENV, "3")
+    assert create_app().state.executor._max_workers == 3
+    assert build_parser().parse_args(["--workers", "4"]).workers == 4
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--workers", "0"])
+    with pytest.raises(ValueError, match="at least 1"):
+        create_app(workers=0)
 
     monkeypatch.delenv(MAX_QUEUE_ENV, raising=False)
     assert max_queue_setting() == DEFAULT_MAX_QUEUE
@@ -163,6 +174,28 @@ def test_max_queue_from_flag_environment_or_default(monkeypatch):
         create_app()
     with pytest.raises(ValueError, match="at least 1"):
         create_app(max_queue=0)
+
+
+def test_images_are_analysed_on_the_apps_own_threads(tiny_models, astronaut_jpeg, monkeypatch):
+    """However many requests come at once, decoding and analysis run on the app's ``workers`` threads (each
+    thread that analyses keeps its own malloc arena: a thread per request made memory grow under load)."""
+    import threading
+
+    import core.api
+
+    real = core.api.analyze_image
+    threads: set[str] = set()
+
+    def recording(*args, **kwargs):
+        threads.add(threading.current_thread().name)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(core.api, "analyze_image", recording)
+    client = TestClient(create_app(tiny_models, workers=2))
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        codes = list(pool.map(lambda _: client.post("/v1/analyze", content=astronaut_jpeg).status_code, range(6)))
+    assert codes == [200] * 6
+    assert 1 <= len(threads) <= 2 and all(name.startswith("analyze") for name in threads), threads
 
 
 def test_load_bench_runs_bounded_and_reports(tiny_models):
