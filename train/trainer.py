@@ -17,7 +17,8 @@ A run lives in ``--run-dir`` (default ``runs/<task>``):
 
 For ``age`` and ``gender`` the model is exported to ``--out-dir`` (default ``models/``) as
 ``<task>_model.h5`` in float32 with ``<task>_model.json`` metadata, ``history_<task>.csv`` and
-``<task>_run.json``. Training uses ``mixed_bfloat16`` where the hardware supports it.
+``<task>_run.json``, and for inference as OpenVINO IR next to it (:mod:`train.export`). Training uses
+``mixed_bfloat16`` where the hardware supports it.
 """
 
 from __future__ import annotations
@@ -565,7 +566,27 @@ def save_model(model, task: str, size: int, config: dict, out_dir: Path, data_di
     if by_dataset:
         metadata["validation"]["per_dataset"] = by_dataset
     model_path.with_suffix(".json").write_text(json.dumps(metadata, indent=2))
+    _export_for_inference(model_path, x_val[:PARITY_CHIPS], y[:PARITY_CHIPS])
     return metadata
+
+
+#: Validation chips on which the inference export is compared with the .h5 at the end of training.
+PARITY_CHIPS = 256
+
+
+def _export_for_inference(model_path: Path, faces: np.ndarray, targets: np.ndarray) -> None:
+    """The inference export next to the new ``.h5`` (:func:`train.export.export_model`). The ``.h5`` is what
+    training produces: if the export fails, core runs the ``.h5`` and ``python -m train.export`` can retry."""
+    import warnings
+
+    from train.export import export_model
+
+    try:
+        export_model(model_path, faces=faces, labels=targets,
+                     data=f"validation split, app crops (first {len(faces)})")
+    except Exception as error:  # noqa: BLE001 - never lose a finished training run to its export step
+        warnings.warn(f"the inference export of {model_path.name} failed ({type(error).__name__}: {error}); "
+                      "core will run the .h5. Retry with `python -m train.export`.", RuntimeWarning, stacklevel=2)
 
 
 def publish_history(run_dir: Path, out_dir: Path, task: str, config: dict) -> None:

@@ -14,8 +14,8 @@ from PIL import Image
 import core
 from core.draw import annotate, shrink
 from core.image import load_image
-from core.models import AgeGenderModels, load_models
-from core.pipeline import DEFAULT_MIN_FACE_SIZE, DEFAULT_THRESHOLD
+from core.models import AgeGenderModels
+from core.pipeline import DEFAULT_MIN_FACE_SIZE, DEFAULT_THRESHOLD, prepare
 
 #: Photos are shown and offered for download at most this large (a 50 MP photo would be a 100 MB PNG).
 DISPLAY_MAX_SIDE = 2048
@@ -24,10 +24,7 @@ DISPLAY_MAX_SIDE = 2048
 @st.cache_resource(show_spinner="Loading the face detector and the age and gender models...")
 def cached_models() -> AgeGenderModels:
     """Detector and both models, loaded once per server process and shared by all sessions."""
-    from core.detect import get_detector
-
-    get_detector()
-    return load_models()
+    return prepare()
 
 
 def require_models() -> AgeGenderModels:
