@@ -146,6 +146,10 @@ def test_one_trunk_weight_differs_and_nothing_is_shared(shared_trunk_models, tmp
 
 
 def test_flip_settings_share_the_loaded_networks(tiny_models):
-    from core.models import load_models
+    from core.models import _cached, _cached_networks, load_models
 
+    # Both caches are LRU-bounded; earlier tests in the session may hold an AgeGenderModels whose networks
+    # were evicted and rebuilt since. Start from empty caches to check the sharing itself.
+    _cached.cache_clear()
+    _cached_networks.cache_clear()
     assert load_models(tiny_models, tta=False).networks is load_models(tiny_models).networks
