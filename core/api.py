@@ -13,9 +13,9 @@ Admission is bounded: at most ``max_queue`` analyze requests are in flight or wa
 or the environment variable ``AGEGENDER_API_MAX_QUEUE``; default 32). A request over that bound is answered at
 once, before its body is read, with ``503 {"error": "busy", "detail": ...}`` and a ``Retry-After`` header, so
 an overload sheds requests explicitly instead of piling up bodies and decoded images in memory. Admitted
-requests are decoded and analysed on ``--workers`` threads of the app's own (AGEGENDER_API_WORKERS, default 2;
+requests are decoded and analysed on ``--workers`` threads of the app's own (AGEGENDER_API_WORKERS, default 1:
 the detector and the models run one image at a time behind their locks, so more threads add little but
-memory: see :func:`create_app`).
+memory; see :func:`create_app`).
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ DEFAULT_MAX_QUEUE = 32
 MAX_QUEUE_ENV = "AGEGENDER_API_MAX_QUEUE"
 
 #: Threads that decode and analyse images, unless ``--workers`` or AGEGENDER_API_WORKERS says.
-DEFAULT_WORKERS = 2
+DEFAULT_WORKERS = 1
 WORKERS_ENV = "AGEGENDER_API_WORKERS"
 
 #: Seconds a client told "busy" should wait before it retries (the ``Retry-After`` header).
@@ -143,7 +143,9 @@ def create_app(models_dir: str | Path | None = None, *, max_queue: int | None = 
     Why threads of its own: the detector and the models run one image at a time anyway (each behind a lock),
     and every thread that decodes and analyses photos keeps a malloc arena of its own with hundreds of MB
     of freed buffers. On Starlette's shared thread pool (up to 40 threads) 16 concurrent clients took the
-    server from 1.1 GB to 4 GB; on 2 threads of its own it stays flat (``python -m bench.load``, README).
+    server from 1.1 GB to 4 GB. On one thread of its own it stays flat at about 1.7 GB; two threads (which
+    overlap one image's decoding and cropping with another's detection or model call) stayed under 2.2 GB
+    but moved between 1.7 and 2.1 GB (``python -m bench.load``, README).
     """
     admission = Admission(max_queue_setting(max_queue))
     executor = ThreadPoolExecutor(max_workers=workers_setting(workers), thread_name_prefix="analyze")
