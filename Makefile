@@ -40,6 +40,7 @@ models: install
 	$(BIN)/python -m train gender $(FINETUNE)
 	$(BIN)/python -m train.evaluate --data-dir $(DATA) --json models/metrics_test_chip.json
 	$(BIN)/python -m train.evaluate --data-dir $(DATA) --detect --json models/metrics_test_detect.json
+	$(BIN)/python -m train.export --data-dir $(DATA)
 	$(BIN)/python -m train.card
 
 bench: install-dev
