@@ -46,6 +46,7 @@ models: install
 	$(BIN)/python -m train gender $(MIX) --init models/gender_model.h5 --run-dir runs/gender_mix
 	$(BIN)/python -m train.evaluate --data-dir $(DATA) --json models/metrics_test_chip.json
 	$(BIN)/python -m train.evaluate --data-dir $(DATA) --detect --json models/metrics_test_detect.json
+	$(BIN)/python -m train.export --data-dir $(DATA)
 	$(BIN)/python -m train.card
 
 # Beyond UTKFace: our models and the peer on every dataset's test split, clean and degraded (README).

@@ -47,14 +47,14 @@ def read_metadata(model_path: Path) -> dict[str, Any]:
 
 def load_keras_model(path: Path):
     """Load one ``.h5`` model for inference (``compile=False``)."""
-    import keras
-
     if not path.is_file():
         raise ModelNotFound(
             f"model file {path} not found. Train it with `python -m train {path.stem.split('_')[0]} "
             "--data-dir PATH/TO/UTKFace` (see README), or put a trained .h5 and its .json there, or point "
             "AGEGENDER_MODELS_DIR at a folder that has them."
         )
+    import keras
+
     return keras.models.load_model(path, compile=False)
 
 

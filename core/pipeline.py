@@ -13,7 +13,8 @@ from core.crop import crop_face
 from core.detect import DEFAULT_MIN_FACE_SIZE, DEFAULT_THRESHOLD, Detection, detect_faces, get_detector
 from core.errors import AgeGenderError, FaceNotDetected
 from core.image import ImageInput, load_image
-from core.models import MAX_AGE, AgeGenderModels, load_models
+from core.models import MAX_AGE, AgeGenderModels, load_models, model_paths
+from core.models import models_dir as resolve_models_dir
 from core.results import FaceResult
 
 _prepare_lock = threading.Lock()
@@ -27,7 +28,8 @@ def prepare(models_dir: str | Path | None = None, *, tta: bool | None = None) ->
     the first result on a multi-core CPU. Later calls return at once.
     """
     with _prepare_lock:
-        if get_detector.cache_info().currsize:
+        missing = not all(p.is_file() for p in model_paths(resolve_models_dir(models_dir)).values())
+        if missing or get_detector.cache_info().currsize:  # missing: ModelNotFound at once, no detector
             return load_models(models_dir, tta=tta)
         with ThreadPoolExecutor(1, thread_name_prefix="agegender-detector") as pool:
             detector = pool.submit(get_detector)
