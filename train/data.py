@@ -463,8 +463,8 @@ def make_mixed_dataset(parts: Mapping[str, tuple[np.ndarray, object]], *, batch_
     steps = math.ceil(total / batch_size)
 
     images = tf.constant(parts[names[0]][0] if len(names) == 1 else np.concatenate([parts[k][0] for k in names]))
-    rest = _with_race_mask(_concat([parts[k][1] for k in names]))
-    rest = tf.nest.map_structure(tf.constant, rest[:1] if rest[1] is None else rest)
+    targets, sample_weights = _with_race_mask(_concat([parts[k][1] for k in names]))
+    columns = tf.nest.map_structure(tf.constant, (targets,) if sample_weights is None else (targets, sample_weights))
     offsets = np.cumsum([0] + [sizes[k] for k in names])
     streams = [tf.data.Dataset.range(offsets[i], offsets[i + 1]).shuffle(
         sizes[k], seed=seed + i, reshuffle_each_iteration=True) for i, k in enumerate(names)]
@@ -476,23 +476,23 @@ def make_mixed_dataset(parts: Mapping[str, tuple[np.ndarray, object]], *, batch_
             rerandomize_each_iteration=True).take(steps * batch_size)
 
     def gather(j):
-        return tf.nest.map_structure(lambda t: tf.gather(t, j), rest)
+        return (tf.gather(images, j), *tf.nest.map_structure(lambda t: tf.gather(t, j), columns))
 
     parallel = tf.data.AUTOTUNE
-    if augment == "photo":  # per-image degradations first: each image gets its own size and JPEG quality
-        ds = aug.with_seeds(index, seed + 1000).map(
-            lambda j, s: (aug.photo_image(tf.gather(images, j), s), *gather(j)), num_parallel_calls=parallel)
-        ds = ds.batch(batch_size)
-    else:
-        ds = index.batch(batch_size).map(lambda j: (tf.gather(images, j), *gather(j)), num_parallel_calls=parallel)
     if augment == "photo":
-        ds = aug.with_seeds(ds, seed + 2000).map(
-            lambda el, s: (preprocess_input(aug.photo_batch(el[0], s)), *el[1:]), num_parallel_calls=parallel)
-    elif augment == "basic":
-        layers = aug.augmenter(seed)
-        # One batch at a time: the Keras random layers draw from seeded generators whose state is a variable,
-        # and parallel calls draw in thread order, so the same --seed would give other augmentations.
-        ds = ds.map(lambda x, *r: (preprocess_input(layers(tf.cast(x, tf.float32), training=True)), *r))
+        def degrade(j, seed_pair):  # per image before batching: each its own blur, size and JPEG quality
+            x, *rest = gather(j)
+            return (aug.photo_image(x, seed_pair), *rest)
+
+        ds = aug.with_seeds(index, seed + 1000).map(degrade, num_parallel_calls=parallel)
+        ds = aug.with_seeds(ds.batch(batch_size), seed + 2000).map(
+            lambda el, s: (aug.photo_batch(el[0], s), *el[1:]), num_parallel_calls=parallel)
     else:
-        ds = ds.map(lambda x, *r: (preprocess_input(x), *r), num_parallel_calls=parallel)
+        ds = index.batch(batch_size).map(gather, num_parallel_calls=parallel)
+        if augment == "basic":
+            layers = aug.augmenter(seed)
+            # One batch at a time: the Keras random layers draw from seeded generators whose state is a
+            # variable, and parallel calls draw in thread order, so the same --seed would give other images.
+            ds = ds.map(lambda x, *r: (layers(tf.cast(x, tf.float32), training=True), *r))
+    ds = ds.map(lambda x, *r: (preprocess_input(x), *r), num_parallel_calls=parallel)
     return ds.prefetch(parallel)

@@ -77,13 +77,14 @@ def parse_dataset_weights(text: str) -> dict[str, float]:
     """``"utkface=1,aaf=2"`` -> {"utkface": 1.0, "aaf": 2.0}."""
     out = {}
     for part in text.split(","):
-        name, sep, value = part.partition("=")
+        name, _, value = part.partition("=")
         try:
-            out[name.strip()] = float(value)
+            weight = float(value)
         except ValueError:
-            sep = ""
-        if not sep or not name.strip():
+            weight = None
+        if not name.strip() or weight is None:
             raise argparse.ArgumentTypeError(f"bad dataset weights {text!r}: expected NAME=WEIGHT[,NAME=WEIGHT...]")
+        out[name.strip()] = weight
     return out
 
 
@@ -227,7 +228,9 @@ def copy_weights_by_name(src, dst) -> list[str]:
 
 
 class EpochInfo(keras.callbacks.Callback):
-    """Adds training images/s, epoch seconds, input size and learning rate to each epoch's logs."""
+    """Adds training images/s, epoch seconds, input size and learning rate to each epoch's logs, and the CPU
+    time of this process per training image (all its threads, the tf.data pipeline's too): on a machine
+    shared with other jobs the wall-clock rate varies with their load, the CPU time per image much less."""
 
     def __init__(self, n_train: int, size: int):
         super().__init__()
@@ -235,16 +238,18 @@ class EpochInfo(keras.callbacks.Callback):
 
     def on_epoch_begin(self, epoch, logs=None):
         self.t0, self.t_val = time.perf_counter(), None
+        self.cpu0, self.cpu_val = time.process_time(), None
 
     def on_test_begin(self, logs=None):
         if self.t_val is None:
-            self.t_val = time.perf_counter()
+            self.t_val, self.cpu_val = time.perf_counter(), time.process_time()
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is None:
             return
         end = self.t_val or time.perf_counter()
         logs["images_per_s"] = self.n_train / max(end - self.t0, 1e-9)
+        logs["cpu_ms_per_image"] = 1000 * ((self.cpu_val or time.process_time()) - self.cpu0) / self.n_train
         logs["epoch_seconds"] = time.perf_counter() - self.t0
         logs["input_size"] = self.size
         logs["lr"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
