@@ -139,6 +139,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epoch-images", type=int,
                    help="images per epoch, drawn with --dataset-weights (default: as many as the training sets "
                         "hold together); shorter epochs give a fine-tune more checkpoints and validations")
+    p.add_argument("--age-balance", type=float, default=0.0,
+                   help="0 (default) to 1: draw training images by 5-year age bin, each bin of n images shown in "
+                        "proportion to n**(1-B). 0 keeps each dataset's own age mix; 0.5 shows rare ages "
+                        "(children, the old) more often; 1 shows every bin equally often")
     p.add_argument("--no-cache", action="store_true",
                    help="do not cache decoded chips (nor computed landmarks) in .cache/")
     return p
@@ -348,6 +352,7 @@ def train(args: argparse.Namespace) -> dict:
         args.crop = saved.get("crop", "chip")
         args.augment = saved.get("augment", "basic")  # runs before --augment trained with the basic recipe
         args.dataset_weights = saved.get("dataset_weights")
+        args.age_balance = saved.get("age_balance", 0.0)
     keras.utils.set_random_seed(args.seed)
     policy = _set_precision(args.precision)
     phases = parse_schedule(args.schedule)
@@ -372,6 +377,8 @@ def train(args: argparse.Namespace) -> dict:
     epoch_images = args.epoch_images or len(train_s)
     if epoch_images < 1:
         raise ValueError(f"--epoch-images must be positive, got {epoch_images}")
+    if not 0.0 <= args.age_balance <= 1.0:
+        raise ValueError(f"--age-balance must be between 0 and 1, got {args.age_balance}")
     steps_per_epoch = math.ceil(epoch_images / args.batch_size)
 
     config = {
@@ -385,6 +392,7 @@ def train(args: argparse.Namespace) -> dict:
         "n_val": len(val_s), "n_test": sum(len(v["test"]) for v in splits.values()),
         "split_dir": str(next(iter(srcs.values())).split_dir),
         "dataset_weights": weights,
+        "age_balance": args.age_balance,
         "datasets": {name: {"data_dir": str(src.data_dir), "split_dir": str(src.split_dir),
                             "n_train": len(splits[name]["train"]), "n_val": len(splits[name]["val"]),
                             "n_test": len(splits[name]["test"]), "weight": round(weights[name], 4)}
@@ -436,7 +444,9 @@ def train(args: argparse.Namespace) -> dict:
                 parts[name] = (load_chips(src.data_dir, split[part], size, cache=cache, align=align,
                                           store=src.landmarks_file), labels(split[part], args.task))
         train_ds = make_mixed_dataset(train_parts, batch_size=args.batch_size, weights=weights, seed=args.seed,
-                                      augment=args.augment, examples_per_epoch=epoch_images)
+                                      augment=args.augment, examples_per_epoch=epoch_images,
+                                      ages={k: np.array([s.age for s in v["train"]]) for k, v in splits.items()},
+                                      age_balance=args.age_balance)
         val_ds = make_dataset(np.concatenate([x for x, _ in val_parts.values()]), labels(val_s, args.task),
                               batch_size=args.batch_size, training=False)
         per_dataset = [PerDatasetValidation(val_parts, args.task, args.batch_size)] if len(srcs) > 1 else []
