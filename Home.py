@@ -47,12 +47,14 @@ else:
     st.subheader("When gender is shown as uncertain")
     st.markdown(reliability_text(gender))
 
+rule_stored = info.available and bool(info.metadata.get("gender", {}).get("gender_reliability"))
 st.header("Limits")
 st.markdown(
     "- Estimates **apparent** age from appearance, not documents; errors grow for the elderly and vary by group "
     "(see the per-bucket and per-race charts).\n"
     "- Gender is the dataset's **binary label** (as annotated in UTKFace), not anyone's identity; for children "
-    "it is unreliable, and the app says *uncertain* there (above).\n"
+    + ("it is unreliable, and the app says *uncertain* there (above).\n" if rule_stored else
+       "it is unreliable (no rule to show it as *uncertain* is stored with this gender model yet).\n") +
     "- Trained on UTKFace (non-commercial research licence); not for decisions about people."
 )
 

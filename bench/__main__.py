@@ -77,7 +77,8 @@ def measure_ours(manifest: dict, repeats: int) -> dict:
     from core.models import load_models
 
     models = load_models()
-    out: dict = {"latency_ms": {}, "faces": {}}
+    out: dict = {"latency_ms": {}, "faces": {}, "runtime": models.runtime, "precision": models.precision,
+                 "shared_trunk": models.networks.shared}
     for key, path in manifest.items():
         if key != "chips":
             out["latency_ms"][key], out["faces"][key] = photo_latency(Path(path).read_bytes(), models, repeats)
@@ -119,13 +120,13 @@ def main(argv: list[str] | None = None) -> int:
                                       manifest["1080p_4faces"]]))
 
     from core.hardware import cpu_description
-    from core.models import inference_precision
 
-    machine = (f"{platform.machine()}, {cpu_description()}, inference in {inference_precision()}, "
-               f"Python {platform.python_version()}")
+    machine = (f"{platform.machine()}, {cpu_description()}, models on {ours['runtime']} in {ours['precision']}"
+               f"{', one shared trunk' if ours['shared_trunk'] else ''}, Python {platform.python_version()}")
     print(f"machine: {machine}")
     print(f"{'input':<16}{'ours ms':>10}{'peer ms':>10}{'ours/peer':>11}{'faces (ours/peer)':>20}")
-    summary: dict = {"machine": machine, "repeats": repeats, "chips": n_chips}
+    summary: dict = {"machine": machine, "runtime": ours["runtime"], "precision": ours["precision"],
+                     "shared_trunk": ours["shared_trunk"], "repeats": repeats, "chips": n_chips}
     for key, ms in ours["latency_ms"].items():
         pm = peer["latency_ms"].get(key) if peer else None
         ratio = round(ms / pm, 3) if pm else None

@@ -94,6 +94,47 @@ def latency(repeats: int, threshold: float) -> dict:
     return out
 
 
+def passes_ab(repeats: int) -> dict:
+    """What the large-face pass costs: one pass (the large-face pass switched off) against two, interleaved in
+    this process on the benchmark photos; warm medians of ``detect_faces`` alone and of ``core.analyze`` end to
+    end (the shipped models), and the ratios two/one."""
+    import numpy as np
+    from PIL import Image
+
+    import core
+    from bench.inputs import photo
+    from core import detect
+    from core.models import load_models
+
+    models = load_models()
+    fraction = detect.LARGE_FACE_FRACTION
+    passes = {"one": float("inf"), "two": fraction}  # an infinite "large" face: the second pass never runs
+    out = {}
+    try:
+        for resolution in ("240p", "720p", "1080p"):
+            data = photo(resolution, 1)
+            rgb = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+            times: dict[str, list[float]] = {f"{k}_{n}": [] for k in ("detect", "analyze") for n in passes}
+            for rep in range(repeats + 1):
+                for name, value in passes.items():
+                    detect.LARGE_FACE_FRACTION = value
+                    for kind in ("detect", "analyze"):
+                        t = time.perf_counter()
+                        if kind == "detect":
+                            detect.detect_faces(rgb)
+                        else:
+                            core.analyze(data, models=models)
+                        if rep:  # the first round warms up
+                            times[f"{kind}_{name}"].append(time.perf_counter() - t)
+            med = {k: statistics.median(v) * 1000 for k, v in times.items()}
+            out[resolution] = {**{f"{k}_ms": round(v, 1) for k, v in med.items()},
+                               "detect_ratio": round(med["detect_two"] / med["detect_one"], 3),
+                               "analyze_ratio": round(med["analyze_two"] / med["analyze_one"], 3)}
+    finally:
+        detect.LARGE_FACE_FRACTION = fraction
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     from core.detect import DEFAULT_THRESHOLD, DETECTOR_VERSION
     from core.hardware import cpu_description
@@ -106,6 +147,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sample", type=int, default=1000, help="images per folder without a saved test split")
     parser.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD)
     parser.add_argument("--repeats", type=int, default=10, help="timed calls per benchmark photo (0: skip)")
+    parser.add_argument("--passes-ab", action="store_true",
+                        help="also time one pass against two (interleaved, --repeats rounds), detection alone "
+                             "and end to end with the shipped models")
     parser.add_argument("--json", type=Path, help="also write the result here")
     args = parser.parse_args(argv)
 
@@ -128,9 +172,17 @@ def main(argv: list[str] | None = None) -> int:
         result["latency"] = latency(args.repeats, args.threshold)
         print("detection latency (warm median): "
               + ", ".join(f"{k[:-3]} {v} ms" for k, v in result["latency"].items()), flush=True)
+    if args.passes_ab:
+        result["passes_ab"] = passes_ab(max(1, args.repeats))
+        for resolution, row in result["passes_ab"].items():
+            print(f"{resolution}: detection two/one passes {row['detect_ratio']}, "
+                  f"end to end {row['analyze_ratio']} ({row['analyze_one_ms']} -> {row['analyze_two_ms']} ms)")
     if args.json:
         args.json.write_text(json.dumps(result, indent=1) + "\n")
     summary = {k: v for k, v in result.items() if not isinstance(v, dict)}
+    if "passes_ab" in result:
+        summary["two_over_one_pass"] = {r: {k: v for k, v in row.items() if k.endswith("ratio")}
+                                        for r, row in result["passes_ab"].items()}
     for key, value in result.items():
         if isinstance(value, dict):
             summary[key] = {k: v for k, v in value.items() if not isinstance(v, (dict, list))}

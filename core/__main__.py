@@ -110,11 +110,10 @@ def main(argv: list[str] | None = None) -> int:
 
     from core import AgeGenderError, ModelNotFound
     from core.image import MAX_BYTES
-    from core.models import load_models
-    from core.pipeline import analyze_many
+    from core.pipeline import analyze_many, prepare
 
     try:
-        models = load_models(args.models_dir, tta=False if args.no_flip else None)
+        models = prepare(args.models_dir, tta=False if args.no_flip else None)
     except ModelNotFound as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

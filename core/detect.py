@@ -13,6 +13,7 @@ import warnings
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from functools import lru_cache
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -73,21 +74,30 @@ class LitePNet:
     pyramid about 3.5x faster here (same outputs to 1e-5). The Keras model is converted once; one
     interpreter per input shape is kept (at most :attr:`max_shapes`, least recently used dropped): setting
     one up for a new shape costs about twice its run, so the gain is for photo sizes seen before.
+
+    The conversion (about a second) is done once per machine: the flatbuffer is cached
+    (:func:`core.lite.cached_flatbuffer`) under a name made of the mtcnn version, the TensorFlow version that
+    converted it and a hash of PNet's weights (:func:`pnet_cache_name`), so a new mtcnn or TensorFlow converts
+    again.
     """
 
     max_shapes = 24  # about two photo sizes' pyramids
 
-    def __init__(self, keras_model) -> None:
+    def __init__(self, keras_model, cache_name: str | None = None) -> None:
         import tensorflow as tf
 
         from core import lite
+        from core.hardware import cpu_threads
 
-        spec = tf.TensorSpec([1, None, None, 3], tf.float32)
-        self._flatbuffer = lite.convert(tf.function(lambda x: keras_model(x), input_signature=[spec]))
+        def convert() -> bytes:
+            spec = tf.TensorSpec([1, None, None, 3], tf.float32)
+            return lite.convert(tf.function(lambda x: keras_model(x), input_signature=[spec]))
+
+        self._flatbuffer = lite.cached_flatbuffer(cache_name, convert) if cache_name else convert()
         # The Keras outputs are (box regression: 4 channels, face probability: 2 channels); match by width.
         self._channels = [int(out.shape[-1]) for out in keras_model(tf.zeros([1, 12, 12, 3]))]
         self._interpreters: OrderedDict[tuple[int, ...], tuple] = OrderedDict()
-        self._threads = lite.cpu_threads()
+        self._threads = cpu_threads()
 
     def _interpreter(self, shape: tuple[int, ...]) -> tuple:
         if shape in self._interpreters:
@@ -114,6 +124,19 @@ class LitePNet:
         interpreter.set_tensor(index, x)
         interpreter.invoke()
         return [tf.convert_to_tensor(interpreter.get_tensor(i)) for i in outputs]
+
+
+def pnet_cache_name() -> str:
+    """The cache file name of PNet's LiteRT flatbuffer: mtcnn and TensorFlow versions, weights' hash."""
+    import hashlib
+    from importlib.metadata import version
+
+    import mtcnn
+    import tensorflow as tf
+
+    weights = Path(mtcnn.__file__).parent / "assets" / "weights" / "pnet.lz4"
+    digest = hashlib.sha256(weights.read_bytes()).hexdigest()[:16]
+    return f"mtcnn-{version('mtcnn')}-pnet-{digest}-tf{tf.__version__}.tflite"
 
 
 @lru_cache(maxsize=1)
@@ -143,7 +166,7 @@ def get_detector():
 
     if lite.enabled():
         try:
-            detector.stages[0]._model = LitePNet(pnet)
+            detector.stages[0]._model = LitePNet(pnet, pnet_cache_name())
         except Exception as error:  # a conversion or runtime failure must not stop detection: PNet stays in TF
             warnings.warn(f"MTCNN's PNet could not run on LiteRT ({error}); it runs in TensorFlow instead "
                           "(slower). Set AGEGENDER_LITERT=0 to skip the attempt.", RuntimeWarning, stacklevel=2)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 
@@ -27,8 +28,6 @@ def cpu_description(cpuinfo: str | None = None) -> str:
     Speed numbers differ several-fold between CPUs with and without bf16 math, so benchmarks print this.
     ``cpuinfo``: the text of ``/proc/cpuinfo`` (read from the machine when not given).
     """
-    import os
-
     info = _read_cpuinfo() if cpuinfo is None else cpuinfo
     name = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")),
                 "unknown CPU")
@@ -37,6 +36,11 @@ def cpu_description(cpuinfo: str | None = None) -> str:
     units = [unit for flag, unit in (("amx_bf16", "AMX-BF16"), ("avx512_bf16", "AVX512-BF16"),
                                      ("avx512f", "AVX-512"), ("avx2", "AVX2")) if flag in flags]
     return f"{name}, {os.cpu_count()} cores, {units[0] if units else 'no AVX2'}"
+
+
+def cpu_threads() -> int:
+    """The cores this process may run on (its affinity where the OS tells it)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def bf16_policy_available() -> bool:

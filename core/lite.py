@@ -2,12 +2,16 @@
 
 Used for MTCNN's PNet (:class:`core.detect.LitePNet`), about 3.5x faster than TensorFlow on a 2-core AVX2
 CPU (README, "Speed"). ``AGEGENDER_LITERT=0`` switches LiteRT off; where ``ai-edge-litert`` has no wheel,
-everything runs in TensorFlow.
+everything runs in TensorFlow. Converted networks are stored in a cache folder (:func:`cache_dir`), so a
+process converts only what no earlier process on the machine has converted.
 """
 
 from __future__ import annotations
 
 import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
 
 
 def enabled() -> bool:
@@ -21,10 +25,6 @@ def enabled() -> bool:
     return True
 
 
-def cpu_threads() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
 def convert(function) -> bytes:
     """A LiteRT flatbuffer of a ``tf.function`` with one ``input_signature``.
 
@@ -34,3 +34,39 @@ def convert(function) -> bytes:
     import tensorflow as tf
 
     return tf.lite.TFLiteConverter.from_concrete_functions([function.get_concrete_function()], function).convert()
+
+
+def cache_dir() -> Path:
+    """``AGEGENDER_CACHE_DIR``, else ``$XDG_CACHE_HOME/agegender`` (``~/.cache/agegender``)."""
+    explicit = os.environ.get("AGEGENDER_CACHE_DIR")
+    if explicit:
+        return Path(explicit)
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "agegender"
+
+
+def cached_flatbuffer(name: str, make: Callable[[], bytes]) -> bytes:
+    """The flatbuffer stored as ``name`` in :func:`cache_dir`, or ``make()``'s, then stored there.
+
+    ``name`` must change whenever the network would (its weights, the converter). A cached file that LiteRT
+    cannot load is made again; a cache folder that cannot be written only costs the conversion next time.
+    """
+    from ai_edge_litert.interpreter import Interpreter
+
+    path = cache_dir() / name
+    try:
+        data = path.read_bytes()
+        Interpreter(model_content=data)
+        return data
+    except (OSError, ValueError, RuntimeError):
+        pass
+    data = make()
+    tmp = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{name}.", delete=False) as tmp:
+            tmp.write(data)
+        os.replace(tmp.name, path)  # atomic: a concurrent reader sees the old file or the whole new one
+    except OSError:
+        if tmp is not None:
+            Path(tmp.name).unlink(missing_ok=True)
+    return data

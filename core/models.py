@@ -1,8 +1,11 @@
 """Load the shipped age and gender models (``models/*.h5`` + JSON metadata) and run them batched.
 
 Each ``<task>_model.h5`` has a sidecar ``<task>_model.json`` with its input size, preprocessing, the age
-range table (age model) and provenance. Both models see every face of an image in one call of one
-``tf.function`` (with a horizontally flipped copy when the metadata asks for test-time flip).
+range table (age model) and provenance. Both models see every face of an image in one batched call (with a
+horizontally flipped copy when the metadata asks for test-time flip), on Keras or on the inference export
+shipped next to the ``.h5`` (:mod:`core.runtime`). Each model runs as a trunk (VGG blocks 1-2) and a head
+(the rest); where both models' trunks have byte-identical weights, as in the shipped pair (fine-tuned from
+one backbone with blocks 1-2 frozen), the trunk runs once for both.
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ from __future__ import annotations
 import json
 import os
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -19,6 +22,7 @@ import numpy as np
 
 from core.errors import ModelNotFound
 from core.reliability import GenderReliability
+from core.runtime import Network, openvino_network, part_path, runtime_choice, usable_export, weights_digest
 from core.vggface import preprocess_input
 
 #: Folder with the shipped models; override with the AGEGENDER_MODELS_DIR environment variable.
@@ -53,18 +57,23 @@ def require_model_file(path: Path) -> None:
 
 
 def require_models(directory: str | Path | None = None) -> None:
-    """Raise :class:`ModelNotFound` at once (without loading anything) when a model file is missing."""
-    for name in MODEL_FILES.values():
-        require_model_file(models_dir(directory) / name)
+    """Raise :class:`ModelNotFound` at once, before TensorFlow is imported or anything loaded, when a model
+    file is missing (:func:`core.pipeline.prepare`, and so the CLI, and the app's loader call this first)."""
+    for path in model_paths(models_dir(directory)).values():
+        require_model_file(path)
 
 
 def load_keras_model(path: Path):
-    """Load one ``.h5`` model for inference (``compile=False``)."""
+    """Load one ``.h5`` model for inference (``compile=False``); a missing file is reported before Keras is
+    imported."""
+    require_model_file(path)
     import keras
 
-    require_model_file(path)
     return keras.models.load_model(path, compile=False)
 
+
+#: The last layer of each model's trunk: the end of VGG block 2 (see :func:`split_model`).
+TRUNK_END = "pool2"
 
 #: Ages and age ranges are reported within 0..MAX_AGE years (UTKFace's oldest label is 116).
 MAX_AGE = 120.0
@@ -163,57 +172,167 @@ class Predictions:
     female_probabilities: np.ndarray  # 0..1
 
 
+def split_model(model) -> tuple[Any, Any]:
+    """``model`` as a trunk (input -> :data:`TRUNK_END`) and a head (the trunk's output -> outputs), sharing
+    its layers: ``head(trunk(x)) == model(x)``."""
+    import keras
+
+    cut = model.get_layer(TRUNK_END).output
+    return (keras.Model(model.input, cut, name=f"{model.name}_trunk"),
+            keras.Model(cut, model.output, name=f"{model.name}_head"))
+
+
+def trunk_digest(model) -> str:
+    """A digest of the trunk's weights (convolutions and batch norms of blocks 1-2) as stored in the model:
+    two models share their trunk's computation iff their digests are equal."""
+    return weights_digest(split_model(model)[0].get_weights())
+
+
+def keras_network(model) -> Network:
+    """A Keras model as a :data:`core.runtime.Network`: one ``tf.function`` (traced again for a new batch size
+    only once: ``reduce_retracing``), NumPy in and out."""
+    import tensorflow as tf
+
+    function = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+    return lambda x: np.asarray(function(x))
+
+
+def network_input(faces: np.ndarray, flip: bool) -> np.ndarray:
+    """Uint8 faces (N, H, W, 3) preprocessed (:func:`core.vggface.preprocess_input`), followed by their
+    horizontally mirrored copies when ``flip`` (2N rows)."""
+    x = preprocess_input(faces)
+    return np.concatenate([x, x[:, :, ::-1]]) if flip else x
+
+
+def average_flip(outputs: np.ndarray, n: int, flip: bool) -> np.ndarray:
+    """Float32 outputs of :func:`network_input`'s rows, each face's averaged with its mirrored copy's."""
+    y = np.asarray(outputs, np.float32)
+    return (y[:n] + y[n:]) / 2.0 if flip else y
+
+
+@dataclass
+class Networks:
+    """Both models as trunk + head networks, loaded once per process (:func:`load_networks`).
+
+    ``trunks["age"] is trunks["gender"]`` where the two trunks' weights are identical: :meth:`run` then
+    computes blocks 1-2 once for both models' faces when they get the same input.
+    """
+
+    runtime: str  # "keras" or "export"
+    precision: str  # "float32" or "bfloat16"
+    trunks: dict[str, Network]
+    heads: dict[str, Network]
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def shared(self) -> bool:
+        return self.trunks["age"] is self.trunks["gender"]
+
+    def run(self, faces: dict[str, np.ndarray], flip: dict[str, bool]) -> dict[str, np.ndarray]:
+        """Outputs per task (float32, one per face) for uint8 faces per task; ``flip``: test-time flip per task.
+
+        Tasks whose trunk is the same network and whose faces are the same array share one trunk call (on
+        the mirrored copies too if either task flips).
+        """
+        groups: dict[tuple[int, int], list[str]] = {}
+        for task in faces:
+            groups.setdefault((id(self.trunks[task]), id(faces[task])), []).append(task)
+        out = {}
+        with self._lock:
+            for tasks in groups.values():
+                x, mirrored = faces[tasks[0]], any(flip[t] for t in tasks)
+                n = len(x)
+                features = self.trunks[tasks[0]](network_input(x, mirrored))
+                for t in tasks:
+                    y = self.heads[t](features if flip[t] or not mirrored else features[:n])
+                    out[t] = average_flip(y, n, flip[t]).reshape(-1)
+        return out
+
+
+def model_paths(directory: Path) -> dict[str, Path]:
+    return {task: directory / name for task, name in MODEL_FILES.items()}
+
+
+def _keras_networks(paths: dict[str, Path], precision: str) -> Networks:
+    trunks, heads, digests = {}, {}, {}
+    for task, path in paths.items():
+        model = load_keras_model(path)
+        digests[task] = trunk_digest(model)
+        trunk, heads[task] = split_model(inference_copy(model, bfloat16=precision == "bfloat16"))
+        trunks[task] = keras_network(trunk)
+        heads[task] = keras_network(heads[task])
+    if digests["age"] == digests["gender"]:
+        trunks["gender"] = trunks["age"]
+    return Networks("keras", precision, trunks, heads)
+
+
+def _export_networks(paths: dict[str, Path], records: dict[str, dict[str, Any]]) -> Networks:
+    """The exported parts (``records``: their checked sidecars); one trunk compiled where both are equal."""
+    shared = records["age"]["trunk_sha256"] == records["gender"]["trunk_sha256"]
+    trunks, heads = {}, {}
+    for task, path in paths.items():
+        trunks[task] = trunks["age"] if shared and task == "gender" else openvino_network(part_path(path, "trunk"))
+        heads[task] = openvino_network(part_path(path, "head"))
+    return Networks("export", "float32", trunks, heads)
+
+
+@lru_cache(maxsize=4)
+def _cached_networks(directory: str, runtime: str, precision: str) -> Networks:
+    paths = model_paths(Path(directory))
+    if runtime == "export" or (runtime == "auto" and precision == "float32"):
+        checked = {task: usable_export(path) for task, path in paths.items()}
+        why = [reason for _, reason in checked.values() if reason]
+        if not why:
+            return _export_networks(paths, {task: record for task, (record, _) in checked.items()})
+        if runtime == "export":
+            raise ModelNotFound(f"AGEGENDER_RUNTIME=export, but {why[0]}.")
+    return _keras_networks(paths, precision)
+
+
+def load_networks(directory: str | Path | None = None) -> Networks:
+    """Both models' networks for ``directory``, once per process and runtime/precision setting.
+
+    The runtime is :func:`core.runtime.runtime_choice`'s: with ``auto``, the export where it is usable and
+    inference runs in float32 (a CPU without bf16 math, or AGEGENDER_PRECISION=float32), else Keras.
+    """
+    return _cached_networks(str(models_dir(directory).resolve()), runtime_choice(), inference_precision())
+
+
 class AgeGenderModels:
-    """Both models, loaded once; :meth:`predict` runs every crop of an image in one batched call.
+    """Both models (their networks loaded once per process); :meth:`predict` runs every crop of an image in
+    one batched call.
 
     Test-time flip follows each model's metadata (``tta_flip``) unless ``tta`` is given; the environment
     variable AGEGENDER_TTA=0 or 1 sets that default (without the flipped copy the models run twice as fast).
     """
 
     def __init__(self, directory: str | Path | None = None, *, tta: bool | None = None):
-        import tensorflow as tf
-
         self.directory = models_dir(directory)
-        paths = {task: self.directory / name for task, name in MODEL_FILES.items()}
-        self.precision = inference_precision()
-        self.age_model = load_keras_model(paths["age"])
-        self.gender_model = load_keras_model(paths["gender"])
-        bf16 = self.precision == "bfloat16"
-        self.age_model = inference_copy(self.age_model, bfloat16=bf16)
-        self.gender_model = inference_copy(self.gender_model, bfloat16=bf16)
-        self.metadata = {task: read_metadata(p) for task, p in paths.items()}
+        self.networks = load_networks(self.directory)
+        self.metadata = {task: read_metadata(p) for task, p in model_paths(self.directory).items()}
         self.input_sizes = {task: int(m["input_size"]) for task, m in self.metadata.items()}
         self.gender_reliability = GenderReliability.from_metadata(self.metadata["gender"].get("gender_reliability"))
         if tta is None and os.environ.get("AGEGENDER_TTA", "").strip() in ("0", "1"):
             tta = os.environ["AGEGENDER_TTA"].strip() == "1"
         self.flip = {task: tta if tta is not None else bool(m.get("tta_flip", True))
                      for task, m in self.metadata.items()}
-        self._lock = threading.Lock()
 
-        def run(model, x, flip: bool):
-            x = preprocess_input(x)
-            n = tf.shape(x)[0]
-            if flip:
-                x = tf.concat([x, x[:, :, ::-1, :]], axis=0)
-            y = tf.reshape(tf.cast(model(x, training=False), tf.float32), [-1])
-            return (y[:n] + y[n:]) / 2.0 if flip else y
+    @property
+    def runtime(self) -> str:
+        return self.networks.runtime
 
-        @tf.function(reduce_retracing=True)
-        def both(age_x, gender_x):
-            return (run(self.age_model, age_x, self.flip["age"]),
-                    run(self.gender_model, gender_x, self.flip["gender"]))
-
-        self._both = both
+    @property
+    def precision(self) -> str:
+        return self.networks.precision
 
     def predict(self, crops: dict[int, np.ndarray]) -> Predictions:
         """``crops`` maps input size -> (N, size, size, 3) uint8 faces (same faces, same order)."""
-        age_x = crops[self.input_sizes["age"]]
-        gender_x = crops[self.input_sizes["gender"]]
-        if len(age_x) == 0:
+        faces = {task: crops[size] for task, size in self.input_sizes.items()}
+        if len(faces["age"]) == 0:
             return Predictions(np.zeros(0, np.float32), np.zeros(0, np.float32))
-        with self._lock:
-            ages, probs = self._both(age_x, gender_x)
-        return Predictions(np.asarray(ages, np.float64), np.clip(np.asarray(probs, np.float64), 0.0, 1.0))
+        out = self.networks.run(faces, self.flip)
+        return Predictions(np.asarray(out["age"], np.float64),
+                           np.clip(np.asarray(out["gender"], np.float64), 0.0, 1.0))
 
     def age_range(self, age: float) -> tuple[float, float]:
         return age_interval(age, self.metadata["age"].get("age_intervals"))
@@ -226,32 +345,26 @@ class AgeGenderModels:
 
 
 @lru_cache(maxsize=4)
-def _cached(directory: str, tta: bool | None) -> AgeGenderModels:
+def _cached(directory: str, tta: bool | None, runtime: str, precision: str) -> AgeGenderModels:
     return AgeGenderModels(directory, tta=tta)
 
 
 def load_models(directory: str | Path | None = None, *, tta: bool | None = None) -> AgeGenderModels:
     """The process-wide models for ``directory`` (default ``models/``), loaded on first use; ``tta`` as in
-    :class:`AgeGenderModels` (``False``: without the test-time flipped copy)."""
-    return _cached(str(models_dir(directory).resolve()), tta)
+    :class:`AgeGenderModels` (``False``: without the test-time flipped copy). Settings that differ only in
+    ``tta`` share the loaded networks."""
+    return _cached(str(models_dir(directory).resolve()), tta, runtime_choice(), inference_precision())
 
 
 def predict_crops(model, crops: np.ndarray, *, flip: bool = True, batch_size: int = 128) -> np.ndarray:
     """Outputs of one Keras model on uint8 crops, in batches, averaged with the flipped copy if ``flip``.
 
-    Used by training (calibration) and evaluation; the app path is :meth:`AgeGenderModels.predict`.
+    Used by training (calibration), evaluation and the export's parity check; the app path is
+    :meth:`AgeGenderModels.predict`.
     """
-    import tensorflow as tf
-
-    @tf.function(reduce_retracing=True)
-    def run(x):
-        x = preprocess_input(x)
-        y = tf.cast(model(x, training=False), tf.float32)
-        if flip:
-            y = (y + tf.cast(model(x[:, :, ::-1, :], training=False), tf.float32)) / 2.0
-        return y
-
-    out = [np.asarray(run(crops[i:i + batch_size])) for i in range(0, len(crops), batch_size)]
+    network = keras_network(model)
+    out = [average_flip(network(network_input(crops[i:i + batch_size], flip)), len(crops[i:i + batch_size]), flip)
+           for i in range(0, len(crops), batch_size)]
     if not out:
         return np.zeros((0,), np.float32)
     y = np.concatenate(out, axis=0)

@@ -2,17 +2,39 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
 from core.crop import crop_face
-from core.detect import DEFAULT_MIN_FACE_SIZE, DEFAULT_THRESHOLD, LANDMARK_NAMES, Detection, detect_faces
+from core.detect import DEFAULT_MIN_FACE_SIZE, DEFAULT_THRESHOLD, LANDMARK_NAMES, Detection, detect_faces, get_detector
 from core.errors import AgeGenderError, FaceNotDetected
 from core.image import ImageInput, load_image
-from core.models import MAX_AGE, AgeGenderModels, load_models
+from core.models import MAX_AGE, AgeGenderModels, load_models, require_models
 from core.results import FaceResult
+
+_prepare_lock = threading.Lock()
+
+
+def prepare(models_dir: str | Path | None = None, *, tta: bool | None = None) -> AgeGenderModels:
+    """The process-wide models (:func:`core.models.load_models`), with the face detector built too.
+
+    On first use both are loaded at once: the detector (TensorFlow's import, MTCNN) in a second thread while
+    this one loads the models (on the export runtime: OpenVINO, which needs no TensorFlow), which shortens
+    the first result on a multi-core CPU. Later calls return at once.
+    """
+    with _prepare_lock:
+        require_models(models_dir)  # a missing model: ModelNotFound at once, no TensorFlow, no detector
+        if get_detector.cache_info().currsize:
+            return load_models(models_dir, tta=tta)
+        with ThreadPoolExecutor(1, thread_name_prefix="agegender-detector") as pool:
+            detector = pool.submit(get_detector)
+            models = load_models(models_dir, tta=tta)
+            detector.result()
+        return models
 
 
 def analyze(
@@ -43,7 +65,7 @@ def analyze(
         ModelNotFound: the model files are missing.
     """
     rgb = load_image(image)
-    models = models or load_models(models_dir)
+    models = models or prepare(models_dir)
     faces = find_faces(rgb, detect=detect, min_face_size=min_face_size, threshold=threshold)
     if not faces and enforce_detection:
         raise FaceNotDetected(

@@ -89,3 +89,156 @@ def test_parallel_requests_get_their_own_results(client, astronaut):
         assert body["image"]["width"] == 512 + pad
         x = body["faces"][0]["box"]["x"]
         assert abs(x - (ASTRONAUT_FACE[0] + pad)) < 6
+
+
+def test_full_queue_answers_503_busy_json_with_retry_after(tiny_models, astronaut_jpeg, monkeypatch):
+    """With room for one request, a second one while the first is being analysed is refused at once with
+    503 busy; once the first is done, requests are answered normally again. Deterministic: the first
+    request's analysis waits for an event that the test sets only after the refusal."""
+    import threading
+
+    import core.api
+
+    real = core.api.analyze_image
+    started, release = threading.Event(), threading.Event()
+
+    def slow_analysis(*args, **kwargs):
+        started.set()
+        assert release.wait(60), "the test never released the analysis"
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(core.api, "analyze_image", slow_analysis)
+    app = create_app(tiny_models, max_queue=1)
+    client = TestClient(app)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        first = pool.submit(client.post, "/v1/analyze", content=astronaut_jpeg)
+        assert started.wait(60), "the first request never reached the analysis"
+        refused = client.post("/v1/analyze", files={"image": ("a.jpg", astronaut_jpeg, "image/jpeg")})
+        release.set()
+        assert first.result(timeout=120).status_code == 200
+    assert refused.status_code == 503
+    assert refused.headers["content-type"] == "application/json"
+    assert int(refused.headers["retry-after"]) >= 1
+    body = refused.json()
+    assert body["error"] == "busy" and "1 request" in body["detail"]
+    assert app.state.admission.inside == 0
+    assert client.post("/v1/analyze", content=astronaut_jpeg).status_code == 200
+
+
+def test_refused_and_failed_requests_free_their_place(tiny_models, astronaut_jpeg, monkeypatch):
+    """Errors (bad image, an exception in the analysis) leave the queue: with room for one request, the
+    next one is still answered."""
+    import core.api
+
+    app = create_app(tiny_models, max_queue=1)
+    client = TestClient(app, raise_server_exceptions=False)
+    assert client.post("/v1/analyze", content=b"plain text").status_code == 400
+    assert client.post("/v1/analyze", content=b"").status_code == 400
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    with monkeypatch.context() as m:
+        m.setattr(core.api, "analyze_image", broken)
+        assert client.post("/v1/analyze", content=astronaut_jpeg).status_code == 500
+    assert app.state.admission.inside == 0
+    assert client.post("/v1/analyze", content=astronaut_jpeg).status_code == 200
+
+
+def test_max_queue_and_workers_from_flag_environment_or_default(monkeypatch):
+    from core.api import DEFAULT_MAX_QUEUE, DEFAULT_WORKERS, MAX_QUEUE_ENV, WORKERS_ENV, build_parser, max_queue_setting
+
+    monkeypatch.delenv(WORKERS_ENV, raising=False)
+    assert create_app().state.executor._max_workers == DEFAULT_WORKERS
+    assert create_app(workers=1).state.executor._max_workers == 1
+    monkeypatch.setenv(WORKERS_ENV, "3")
+    assert create_app().state.executor._max_workers == 3
+    assert build_parser().parse_args(["--workers", "4"]).workers == 4
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--workers", "0"])
+    with pytest.raises(ValueError, match="at least 1"):
+        create_app(workers=0)
+
+    monkeypatch.delenv(MAX_QUEUE_ENV, raising=False)
+    assert max_queue_setting() == DEFAULT_MAX_QUEUE
+    assert create_app().state.admission.limit == DEFAULT_MAX_QUEUE  # models load on first use, not here
+    monkeypatch.setenv(MAX_QUEUE_ENV, "5")
+    assert create_app().state.admission.limit == 5
+    assert create_app(max_queue=3).state.admission.limit == 3
+    assert build_parser().parse_args(["--max-queue", "7"]).max_queue == 7
+    assert build_parser().parse_args([]).max_queue is None
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--max-queue", "0"])
+    monkeypatch.setenv(MAX_QUEUE_ENV, "many")
+    with pytest.raises(ValueError, match=MAX_QUEUE_ENV):
+        create_app()
+    with pytest.raises(ValueError, match="at least 1"):
+        create_app(max_queue=0)
+
+
+def test_images_are_analysed_on_the_apps_own_threads(tiny_models, astronaut_jpeg, monkeypatch):
+    """However many requests come at once, decoding and analysis run on the app's ``workers`` threads (each
+    thread that analyses keeps its own malloc arena: a thread per request made memory grow under load)."""
+    import threading
+
+    import core.api
+
+    real = core.api.analyze_image
+    threads: set[str] = set()
+
+    def recording(*args, **kwargs):
+        threads.add(threading.current_thread().name)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(core.api, "analyze_image", recording)
+    client = TestClient(create_app(tiny_models, workers=2))
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        codes = list(pool.map(lambda _: client.post("/v1/analyze", content=astronaut_jpeg).status_code, range(6)))
+    assert codes == [200] * 6
+    assert 1 <= len(threads) <= 2 and all(name.startswith("analyze") for name in threads), threads
+
+
+def test_load_bench_runs_bounded_and_reports(tiny_models):
+    """``python -m bench.load`` starts the API on 127.0.0.1, sends a few photos from 2 clients, stops the
+    server and prints its JSON summary last (no timing is asserted)."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    r = subprocess.run([sys.executable, "-m", "bench.load", "--clients", "2", "--requests", "6", "--deadline", "300",
+                        "--models-dir", str(tiny_models)], cwd=root, env={**os.environ, "PYTHONPATH": str(root)},
+                       capture_output=True, text=True, timeout=400)
+    assert r.stdout.strip(), r.stderr[-2000:]
+    result = json.loads(r.stdout.strip().splitlines()[-1])
+    assert set(result) >= {"clients", "requests", "answered", "throughput_rps", "latency_p50_ms", "latency_p95_ms",
+                           "status_counts", "errors", "rss_mb_first", "rss_mb_end", "rss_ratio", "memory_flat",
+                           "machine", "max_queue"}
+    assert result["answered"] == 6 and result["finished"] and result["server_alive"]
+    assert result["status_counts"] == {"200": 6} and result["errors"] == 0, result["error_samples"]
+    assert result["rss_sampled_after"] == 3 and result["rss_mb_first"] > 0 and result["rss_mb_end"] > 0
+    assert result["latency_p50_ms"] <= result["latency_p95_ms"]
+    assert r.returncode == (0 if result["memory_flat"] else 1), r.stderr[-2000:]
+
+
+def test_load_bench_accepts_only_200_and_503_busy():
+    """The load bench's judge: 503 counts as shed load only with the busy JSON and a Retry-After header."""
+    import httpx
+
+    from bench.load import check_answer
+
+    def judge(status, body=None, headers=None, text=None):
+        kw = {"json": body} if text is None else {"text": text}
+        return check_answer(0, "p", httpx.Response(status, headers=headers, **kw), 0.1)
+
+    answer, wait = judge(200, {"faces": [{}, {}], "image": {"width": 1, "height": 1}})
+    assert answer.ok and answer.faces == 2 and wait == 0
+    answer, wait = judge(503, {"error": "busy", "detail": "x"}, {"Retry-After": "2"})
+    assert answer.ok and answer.status == "503" and wait == 2
+    assert not judge(503, {"error": "busy", "detail": "x"})[0].ok  # no Retry-After
+    assert not judge(503, {"error": "models_missing", "detail": "x"}, {"Retry-After": "1"})[0].ok
+    assert not judge(503, text="Service Unavailable", headers={"Retry-After": "1"})[0].ok
+    assert not judge(500, text="Internal Server Error")[0].ok
+    assert not judge(200, {"faces": "none"})[0].ok

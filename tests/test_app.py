@@ -100,6 +100,19 @@ def test_unreliable_gender_is_shown_as_uncertain(rule_env, astronaut_jpeg):
     assert any("uncertain* for 1 of 1 faces" in c.value for c in at.caption)
 
 
+def test_without_a_rule_every_gender_gets_a_label(rule_env, astronaut_jpeg):
+    """A gender model without a ``gender_reliability`` block (as shipped until train.reliability is run on it)."""
+    rule_env(None)
+    home = AppTest.from_file(str(ROOT / "Home.py"), default_timeout=240).run()
+    assert not home.exception
+    text = " ".join(m.value for m in home.markdown)
+    assert "No reliability rule is stored" in text and "no rule to show it as *uncertain*" in text
+    at = run_upload_page([("astronaut.jpg", astronaut_jpeg, "image/jpeg")])
+    assert not at.exception and not at.warning and not at.error
+    df = at.dataframe[0].value
+    assert df["gender"].iloc[0] in ("female", "male") and "why uncertain" not in df.columns
+
+
 def test_upload_non_image_warns_without_exception(app_env, astronaut_jpeg):
     at = run_upload_page([("notes.jpg", b"this is text, not a photo", "image/jpeg"),
                           ("astronaut.jpg", astronaut_jpeg, "image/jpeg")])

@@ -98,7 +98,7 @@ def screenshots(url: str, out: Path, photo: Path) -> list[Path]:
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1400, "height": 1700})
         page.goto(url)
-        page.get_by_text("Privacy").first.wait_for(timeout=60_000)
+        page.get_by_text("Privacy").first.wait_for(timeout=180_000)
         assert sidebar_entries(page) == ["Home", "Photo upload", "Webcam snapshot", "Training history"]
         assert page.title().startswith("Home")
         page.get_by_text("Models ready").wait_for(timeout=SLOW_MS)  # loaded in the background meanwhile
@@ -108,10 +108,10 @@ def screenshots(url: str, out: Path, photo: Path) -> list[Path]:
         page.wait_for_timeout(1000)
         shot(page, "upload.png", full_page=True)
         page.goto(f"{url}/{PAGES['webcam']}")
-        page.get_by_text("Take a snapshot").first.wait_for(timeout=60_000)
+        page.get_by_text("Take a snapshot").first.wait_for(timeout=180_000)
         shot(page, "webcam.png", full_page=True)
         page.goto(f"{url}/{PAGES['history']}")
-        page.get_by_text("How the shipped models were made").wait_for(timeout=60_000)
+        page.get_by_text("How the shipped models were made").wait_for(timeout=180_000)
         page.locator(".js-plotly-plot").first.wait_for(timeout=180_000)
         page.wait_for_timeout(2000)
         shot(page, "history.png", full_page=True)
@@ -156,9 +156,9 @@ def test_the_app_in_a_real_browser(tmp_path, tiny_models, astronaut_jpeg):
             page.get_by_text("Gender shown as uncertain for 1 of 1 faces").wait_for(timeout=10_000)
             fake_run(runs, epoch=3)  # written just now: a run that is still running (not silent for 3 min)
             page.goto(f"{url}/{PAGES['history']}")
-            page.get_by_text("3 / 10").wait_for(timeout=60_000)
+            page.get_by_text("3 / 10").wait_for(timeout=180_000)
             fake_run(runs, epoch=4)  # the run moves on: the monitor follows without a reload
-            page.get_by_text("4 / 10").wait_for(timeout=120_000)
+            page.get_by_text("4 / 10").wait_for(timeout=180_000)
             browser.close()
     assert [s.name for s in shots] == ["home.png", "upload.png", "webcam.png", "history.png", "monitor.png"]
     assert all(s.stat().st_size > 10_000 for s in shots)

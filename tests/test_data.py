@@ -345,3 +345,36 @@ def test_unknown_race_is_masked_in_multitask_batches():
                               training=False)
     assert list(y["race"].numpy()) == [2, 0] and list(w["race"].numpy()) == [1.0, 0.0]
     assert list(w["age"].numpy()) == [1.0, 1.0] and list(y["age"].numpy()) == [30, 40]
+
+
+def test_age_bins_and_their_shares():
+    from train.data import age_bins, bin_shares
+
+    assert list(age_bins(np.array([0, 4, 5, 19, 79, 80, 116]))) == [0, 0, 1, 3, 15, 16, 16]
+    bins = np.array([0] * 90 + [1] * 10)
+    assert bin_shares(bins, 0.0) == pytest.approx({0: 0.9, 1: 0.1})
+    assert bin_shares(bins, 1.0) == pytest.approx({0: 0.5, 1: 0.5})
+    assert bin_shares(bins, 0.5) == pytest.approx({0: 3 / 4, 1: 1 / 4})  # sqrt(90) : sqrt(10) = 3 : 1
+    with pytest.raises(ValueError, match="between|in \\[0, 1\\]"):
+        bin_shares(bins, 1.5)
+
+
+def test_age_balance_shows_rare_ages_more_often_and_still_every_one():
+    from train.data import make_mixed_dataset
+
+    ages = np.array([30.0] * 90 + [3.0] * 10, np.float32)  # 90 adults, 10 small children
+    x = np.zeros((100, 8, 8, 3), np.uint8)
+
+    def draw(balance, seed=1):
+        ds = make_mixed_dataset({"a": (x, ages)}, batch_size=50, seed=seed, augment="none",
+                                examples_per_epoch=4000, ages={"a": ages}, age_balance=balance)
+        return np.concatenate([b[1].numpy() for b in ds])
+
+    natural, half, even = draw(0.0), draw(0.5), draw(1.0)
+    assert len(natural) == len(half) == len(even) == 4000
+    assert abs(np.mean(natural == 3.0) - 0.10) < 0.03
+    assert abs(np.mean(half == 3.0) - 0.25) < 0.03
+    assert abs(np.mean(even == 3.0) - 0.50) < 0.03
+    assert np.array_equal(draw(0.5), half) and not np.array_equal(draw(0.5, seed=2), half)
+    with pytest.raises(ValueError, match="ages"):
+        make_mixed_dataset({"a": (x, ages)}, batch_size=50, augment="none", age_balance=0.5)

@@ -114,6 +114,34 @@ def test_lite_pnet_matches_the_keras_pnet():
     assert list(lite._interpreters) == [(1, 217, 386, 3), (1, 100, 151, 3)]
 
 
+def test_lite_pnet_is_converted_once_and_cached(tmp_path, monkeypatch):
+    """The flatbuffer is stored under its cache name; the next LitePNet loads it without converting; a
+    corrupt or missing file is converted again. The name changes with mtcnn's weights and versions."""
+    pytest.importorskip("ai_edge_litert")
+    from mtcnn import MTCNN
+
+    from core import lite
+    from core.detect import LitePNet, pnet_cache_name
+
+    monkeypatch.setenv("AGEGENDER_CACHE_DIR", str(tmp_path))
+    name = pnet_cache_name()
+    assert name.startswith("mtcnn-1.0.0-pnet-") and name.endswith(".tflite")
+    keras_pnet = MTCNN(device="CPU:0").stages[0].model
+    first = LitePNet(keras_pnet, name)
+    assert (tmp_path / name).read_bytes() == first._flatbuffer
+    conversions = []
+    convert = lite.convert
+    monkeypatch.setattr(lite, "convert", lambda function: conversions.append(1) or convert(function))
+    x = np.random.default_rng(0).uniform(-1, 1, (1, 40, 50, 3)).astype(np.float32)
+    cached = LitePNet(keras_pnet, name)
+    assert conversions == []
+    for o, t in zip(cached(x), keras_pnet(x)):
+        np.testing.assert_allclose(o.numpy(), np.asarray(t), atol=1e-4)
+    (tmp_path / name).write_bytes(b"not a flatbuffer")
+    LitePNet(keras_pnet, name)
+    assert conversions == [1] and (tmp_path / name).read_bytes() == first._flatbuffer
+
+
 def test_detector_without_litert_runs_pnet_in_tensorflow(astronaut, monkeypatch):
     """AGEGENDER_LITERT=0 (and platforms without LiteRT wheels) run PNet with TensorFlow: same face."""
     from core.detect import LitePNet
@@ -138,7 +166,7 @@ def test_detector_falls_back_to_tensorflow_when_litert_fails(astronaut, monkeypa
     pytest.importorskip("ai_edge_litert")
     import core.detect as detect
 
-    def broken(_model):
+    def broken(_model, _cache_name=None):
         raise RuntimeError("converter exploded")
 
     monkeypatch.setattr(detect, "LitePNet", broken)

@@ -265,7 +265,7 @@ def test_training_on_two_datasets_reports_each_and_records_the_mix(tmp_path, utk
     args = ["age", "--data-dir", str(utk_dir), "--data-dir", str(aaf), "--split-dir", str(tmp_path / "s_utk"),
             "--split-dir", str(tmp_path / "s_aaf"), "--schedule", "32:1", "--batch-size", "8",
             "--dataset-weights", "utkface=1,aaf=3", "--run-dir", str(tmp_path / "run"), "--out-dir", str(out),
-            "--precision", "float32", "--no-cache", "--crop", "chip"]
+            "--precision", "float32", "--no-cache", "--crop", "chip", "--epoch-images", "24"]
     assert train_main(args) == 0
     rows = list(csv.DictReader((tmp_path / "run" / "history.csv").open()))
     assert {"val_mae", "val_mae_utkface", "val_mae_aaf"} <= set(rows[0])
@@ -273,6 +273,7 @@ def test_training_on_two_datasets_reports_each_and_records_the_mix(tmp_path, utk
     assert config["dataset_weights"] == {"utkface": 0.25, "aaf": 0.75} and config["augment"] == "photo"
     assert set(config["datasets"]) == {"utkface", "aaf"}
     assert config["n_train"] == sum(d["n_train"] for d in config["datasets"].values())
+    assert config["epoch_images"] == 24 and float(rows[0]["images_per_s"]) > 0
     meta = json.loads((out / "age_model.json").read_text())
     assert set(meta["validation"]["per_dataset"]) == {"utkface", "aaf"}
     assert meta["validation"]["n"] == sum(v["n"] for v in meta["validation"]["per_dataset"].values())

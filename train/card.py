@@ -208,11 +208,13 @@ def build_card(directory: Path) -> str:
         out += ["", f"Age range: central {iv['coverage_target']:.0%} interval of validation residuals per band of "
                     f"predicted age (validation coverage {iv['coverage_validation']:.1%})."]
     out += _beyond_utkface(info.generalisation)
-    out += _gender_reliability(info.metadata.get("gender", {}).get("gender_reliability"))
+    rule = info.metadata.get("gender", {}).get("gender_reliability")
+    out += _gender_reliability(rule)
+    shown = "the app shows it as uncertain (above)" if rule else "no rule is stored yet to show it as uncertain"
     out += ["", "## Known limits", "",
             "- Trained from scratch on ~17k faces: clearly less accurate than models that start from VGGFace "
             "weights; errors are largest for the elderly and for under-represented groups (tables above).",
-            "- Children's gender is unreliable (see the youngest age buckets): the app shows it as uncertain (above); "
+            f"- Children's gender is unreliable (see the youngest age buckets): {shown}; "
             "gender is the dataset's binary label.",
             "- Apparent age of frontal, reasonably lit faces; profile views, occlusion, heavy make-up and "
             "filters degrade it. Faces smaller than about 40 px are detected but poorly estimated.",

@@ -133,6 +133,27 @@ def age_bucket(age: float) -> str:
     return f"{AGE_BUCKETS[-1][0]}+"
 
 
+BALANCE_BIN_YEARS = 5
+BALANCE_LAST_BIN = 80  # ages from here on share one bin
+
+
+def age_bins(ages: np.ndarray) -> np.ndarray:
+    """Ages -> the bins that ``--age-balance`` evens out: 5-year bins (0-4, 5-9, ...), 80 and over in one."""
+    ages = np.asarray(ages, dtype=np.float64)
+    return (np.minimum(ages, BALANCE_LAST_BIN) // BALANCE_BIN_YEARS).astype(np.int64)
+
+
+def bin_shares(bins: np.ndarray, balance: float) -> dict[int, float]:
+    """Sampling share of each age bin for ``balance`` in [0, 1]: a bin of n images gets a share proportional
+    to ``n ** (1 - balance)``. 0 keeps the data's own age mix (each image equally often), 1 shows every bin
+    equally often, 0.5 is in between (square-root balancing). Shares sum to 1."""
+    if not 0.0 <= balance <= 1.0:
+        raise ValueError(f"age balance must be in [0, 1], got {balance}")
+    values, counts = np.unique(np.asarray(bins), return_counts=True)
+    mass = counts.astype(np.float64) ** (1.0 - balance)
+    return {int(v): float(m / mass.sum()) for v, m in zip(values, mass)}
+
+
 def scan(data_dir: Path) -> tuple[list[Sample], list[str]]:
     """All well-labelled samples in ``data_dir`` (sorted by name) and the malformed entries that were skipped:
     file names for UTKFace and AAF, ``"labels.csv line N: reason"`` for a folder with a ``labels.csv``."""
@@ -437,7 +458,8 @@ def dataset_weights(sizes: Mapping[str, int], weights: Mapping[str, float] | Non
 
 def make_mixed_dataset(parts: Mapping[str, tuple[np.ndarray, object]], *, batch_size: int,
                        weights: Mapping[str, float] | None = None, seed: int = 0, augment: str = "photo",
-                       examples_per_epoch: int | None = None):
+                       examples_per_epoch: int | None = None, ages: Mapping[str, np.ndarray] | None = None,
+                       age_balance: float = 0.0):
     """Training batches drawn from one or more datasets -> preprocessed, augmented batches, prefetched.
 
     ``parts``: {dataset: (uint8 crops (N, S, S, 3), targets)}, the same size S and kind of targets in all.
@@ -447,6 +469,11 @@ def make_mixed_dataset(parts: Mapping[str, tuple[np.ndarray, object]], *, batch_
     each example comes from a dataset drawn with the weights (``tf.data.Dataset.sample_from_datasets``) and
     each dataset cycles through its images in a new seeded order. The pipeline moves indices; crops are
     gathered from one tensor, so no shuffle buffer holds images.
+
+    ``age_balance`` > 0 (with ``ages``: {dataset: true age of each image}) draws each dataset's examples by
+    age bin with :func:`bin_shares` instead of uniformly, so that rare ages (children, the old) are seen
+    more often and the regression is pulled less towards the common adult ages. Each bin cycles through its
+    own images in a new seeded order.
     """
     import tensorflow as tf
 
@@ -463,12 +490,17 @@ def make_mixed_dataset(parts: Mapping[str, tuple[np.ndarray, object]], *, batch_
     steps = math.ceil(total / batch_size)
 
     images = tf.constant(parts[names[0]][0] if len(names) == 1 else np.concatenate([parts[k][0] for k in names]))
-    rest = _with_race_mask(_concat([parts[k][1] for k in names]))
-    rest = tf.nest.map_structure(tf.constant, rest[:1] if rest[1] is None else rest)
+    targets, sample_weights = _with_race_mask(_concat([parts[k][1] for k in names]))
+    columns = tf.nest.map_structure(tf.constant, (targets,) if sample_weights is None else (targets, sample_weights))
     offsets = np.cumsum([0] + [sizes[k] for k in names])
     streams = [tf.data.Dataset.range(offsets[i], offsets[i + 1]).shuffle(
         sizes[k], seed=seed + i, reshuffle_each_iteration=True) for i, k in enumerate(names)]
-    if len(names) == 1 and total == sizes[names[0]]:
+    if age_balance:
+        if ages is None or set(ages) != set(names):
+            raise ValueError("age balancing needs the ages of every dataset's images")
+        streams = [_balanced_stream(np.asarray(ages[k]), int(offsets[i]), age_balance, seed + 100 * (i + 1))
+                   for i, k in enumerate(names)]
+    if len(names) == 1 and total == sizes[names[0]] and not age_balance:
         index = streams[0]
     else:
         index = tf.data.Dataset.sample_from_datasets(
@@ -476,23 +508,38 @@ def make_mixed_dataset(parts: Mapping[str, tuple[np.ndarray, object]], *, batch_
             rerandomize_each_iteration=True).take(steps * batch_size)
 
     def gather(j):
-        return tf.nest.map_structure(lambda t: tf.gather(t, j), rest)
+        return (tf.gather(images, j), *tf.nest.map_structure(lambda t: tf.gather(t, j), columns))
 
     parallel = tf.data.AUTOTUNE
-    if augment == "photo":  # per-image degradations first: each image gets its own size and JPEG quality
-        ds = aug.with_seeds(index, seed + 1000).map(
-            lambda j, s: (aug.photo_image(tf.gather(images, j), s), *gather(j)), num_parallel_calls=parallel)
-        ds = ds.batch(batch_size)
-    else:
-        ds = index.batch(batch_size).map(lambda j: (tf.gather(images, j), *gather(j)), num_parallel_calls=parallel)
     if augment == "photo":
-        ds = aug.with_seeds(ds, seed + 2000).map(
-            lambda el, s: (preprocess_input(aug.photo_batch(el[0], s)), *el[1:]), num_parallel_calls=parallel)
-    elif augment == "basic":
-        layers = aug.augmenter(seed)
-        # One batch at a time: the Keras random layers draw from seeded generators whose state is a variable,
-        # and parallel calls draw in thread order, so the same --seed would give other augmentations.
-        ds = ds.map(lambda x, *r: (preprocess_input(layers(tf.cast(x, tf.float32), training=True)), *r))
+        def degrade(j, seed_pair):  # per image before batching: each its own blur, size and JPEG quality
+            x, *rest = gather(j)
+            return (aug.photo_image(x, seed_pair), *rest)
+
+        ds = aug.with_seeds(index, seed + 1000).map(degrade, num_parallel_calls=parallel)
+        ds = aug.with_seeds(ds.batch(batch_size), seed + 2000).map(
+            lambda el, s: (aug.photo_batch(el[0], s), *el[1:]), num_parallel_calls=parallel)
     else:
-        ds = ds.map(lambda x, *r: (preprocess_input(x), *r), num_parallel_calls=parallel)
+        ds = index.batch(batch_size).map(gather, num_parallel_calls=parallel)
+        if augment == "basic":
+            layers = aug.augmenter(seed)
+            # One batch at a time: the Keras random layers draw from seeded generators whose state is a
+            # variable, and parallel calls draw in thread order, so the same --seed would give other images.
+            ds = ds.map(lambda x, *r: (layers(tf.cast(x, tf.float32), training=True), *r))
+    ds = ds.map(lambda x, *r: (preprocess_input(x), *r), num_parallel_calls=parallel)
     return ds.prefetch(parallel)
+
+
+def _balanced_stream(ages: np.ndarray, offset: int, balance: float, seed: int):
+    """Endless indices ``offset + i`` of one dataset, drawn by age bin with :func:`bin_shares`."""
+    import tensorflow as tf
+
+    bins = age_bins(ages)
+    shares = bin_shares(bins, balance)
+    subs = []
+    for n, b in enumerate(shares):
+        members = (np.flatnonzero(bins == b) + offset).astype(np.int64)
+        subs.append(tf.data.Dataset.from_tensor_slices(members).shuffle(
+            len(members), seed=seed + n, reshuffle_each_iteration=True).repeat())
+    return tf.data.Dataset.sample_from_datasets(subs, weights=list(shares.values()), seed=seed,
+                                                rerandomize_each_iteration=True)

@@ -126,8 +126,9 @@ def validation_predictions(directory: Path, srcs: Mapping[str, Source], samples:
                            cache: bool = True, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
     """Predicted ages and P(female) of ``samples`` through the app's crop and inference, exactly as
     :func:`core.pipeline.predict_faces` computes them (a fresh load of the exported models)."""
-    from core.models import AgeGenderModels
+    from core.models import AgeGenderModels, _cached_networks
 
+    _cached_networks.cache_clear()  # networks are cached per folder: a model just re-exported must be read again
     models = AgeGenderModels(directory)
     crops = {size: load_chips_of(srcs, samples, size, cache=cache, align=align)
              for size in set(models.input_sizes.values())}

@@ -17,7 +17,8 @@ A run lives in ``--run-dir`` (default ``runs/<task>``):
 
 For ``age`` and ``gender`` the model is exported to ``--out-dir`` (default ``models/``) as
 ``<task>_model.h5`` in float32 with ``<task>_model.json`` metadata, ``history_<task>.csv`` and
-``<task>_run.json``. Training uses ``mixed_bfloat16`` where the hardware supports it.
+``<task>_run.json``, and for inference as OpenVINO IR next to it (:mod:`train.export`). Training uses
+``mixed_bfloat16`` where the hardware supports it.
 """
 
 from __future__ import annotations
@@ -76,13 +77,14 @@ def parse_dataset_weights(text: str) -> dict[str, float]:
     """``"utkface=1,aaf=2"`` -> {"utkface": 1.0, "aaf": 2.0}."""
     out = {}
     for part in text.split(","):
-        name, sep, value = part.partition("=")
+        name, _, value = part.partition("=")
         try:
-            out[name.strip()] = float(value)
+            weight = float(value)
         except ValueError:
-            sep = ""
-        if not sep or not name.strip():
+            weight = None
+        if not name.strip() or weight is None:
             raise argparse.ArgumentTypeError(f"bad dataset weights {text!r}: expected NAME=WEIGHT[,NAME=WEIGHT...]")
+        out[name.strip()] = weight
     return out
 
 
@@ -134,6 +136,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stop once this many epochs of the schedule are done in all (with --resume: idempotent)")
     p.add_argument("--max-epochs", type=int,
                    help="stop after this many epochs in this invocation (continue later with --resume)")
+    p.add_argument("--epoch-images", type=int,
+                   help="images per epoch, drawn with --dataset-weights (default: as many as the training sets "
+                        "hold together); shorter epochs give a fine-tune more checkpoints and validations")
+    p.add_argument("--age-balance", type=float, default=0.0,
+                   help="0 (default) to 1: draw training images by 5-year age bin, each bin of n images shown in "
+                        "proportion to n**(1-B). 0 keeps each dataset's own age mix; 0.5 shows rare ages "
+                        "(children, the old) more often; 1 shows every bin equally often")
     p.add_argument("--no-cache", action="store_true",
                    help="do not cache decoded chips (nor computed landmarks) in .cache/")
     return p
@@ -223,7 +232,9 @@ def copy_weights_by_name(src, dst) -> list[str]:
 
 
 class EpochInfo(keras.callbacks.Callback):
-    """Adds training images/s, epoch seconds, input size and learning rate to each epoch's logs."""
+    """Adds training images/s, epoch seconds, input size and learning rate to each epoch's logs, and the CPU
+    time of this process per training image (all its threads, the tf.data pipeline's too): on a machine
+    shared with other jobs the wall-clock rate varies with their load, the CPU time per image much less."""
 
     def __init__(self, n_train: int, size: int):
         super().__init__()
@@ -231,16 +242,18 @@ class EpochInfo(keras.callbacks.Callback):
 
     def on_epoch_begin(self, epoch, logs=None):
         self.t0, self.t_val = time.perf_counter(), None
+        self.cpu0, self.cpu_val = time.process_time(), None
 
     def on_test_begin(self, logs=None):
         if self.t_val is None:
-            self.t_val = time.perf_counter()
+            self.t_val, self.cpu_val = time.perf_counter(), time.process_time()
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is None:
             return
         end = self.t_val or time.perf_counter()
         logs["images_per_s"] = self.n_train / max(end - self.t0, 1e-9)
+        logs["cpu_ms_per_image"] = 1000 * ((self.cpu_val or time.process_time()) - self.cpu0) / self.n_train
         logs["epoch_seconds"] = time.perf_counter() - self.t0
         logs["input_size"] = self.size
         logs["lr"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
@@ -409,6 +422,7 @@ def train(args: argparse.Namespace) -> dict:
         args.crop = saved.get("crop", "chip")
         args.augment = saved.get("augment", "basic")  # runs before --augment trained with the basic recipe
         args.dataset_weights = saved.get("dataset_weights")
+        args.age_balance = saved.get("age_balance", 0.0)
     keras.utils.set_random_seed(args.seed)
     policy = _set_precision(args.precision)
     phases = parse_schedule(args.schedule)
@@ -430,7 +444,12 @@ def train(args: argparse.Namespace) -> dict:
     train_s = [s for split in splits.values() for s in split["train"]]
     val_s = [s for split in splits.values() for s in split["val"]]
     weights = dataset_weights({k: len(v["train"]) for k, v in splits.items()}, args.dataset_weights)
-    steps_per_epoch = math.ceil(len(train_s) / args.batch_size)
+    epoch_images = args.epoch_images or len(train_s)
+    if epoch_images < 1:
+        raise ValueError(f"--epoch-images must be positive, got {epoch_images}")
+    if not 0.0 <= args.age_balance <= 1.0:
+        raise ValueError(f"--age-balance must be between 0 and 1, got {args.age_balance}")
+    steps_per_epoch = math.ceil(epoch_images / args.batch_size)
 
     config = {
         "task": args.task, "data_dir": str(args.data_dir[0]), "data_dirs": [str(d) for d in args.data_dir],
@@ -439,9 +458,11 @@ def train(args: argparse.Namespace) -> dict:
         "weight_decay": args.weight_decay, "init": args.init, "freeze_blocks": args.freeze_blocks,
         "crop": args.crop, "augment": args.augment, "patience": args.patience, "seed": args.seed,
         "limit": args.limit, "precision": args.precision, "policy": policy, "n_train": len(train_s),
+        "epoch_images": epoch_images,
         "n_val": len(val_s), "n_test": sum(len(v["test"]) for v in splits.values()),
         "split_dir": str(next(iter(srcs.values())).split_dir),
         "dataset_weights": weights,
+        "age_balance": args.age_balance,
         "datasets": {name: {"data_dir": str(src.data_dir), "split_dir": str(src.split_dir),
                             "n_train": len(splits[name]["train"]), "n_val": len(splits[name]["val"]),
                             "n_test": len(splits[name]["test"]), "weight": round(weights[name], 4)}
@@ -493,12 +514,14 @@ def train(args: argparse.Namespace) -> dict:
                 parts[name] = (load_chips(src.data_dir, split[part], size, cache=cache, align=align,
                                           store=src.landmarks_file), labels(split[part], args.task))
         train_ds = make_mixed_dataset(train_parts, batch_size=args.batch_size, weights=weights, seed=args.seed,
-                                      augment=args.augment, examples_per_epoch=len(train_s))
+                                      augment=args.augment, examples_per_epoch=epoch_images,
+                                      ages={k: np.array([s.age for s in v["train"]]) for k, v in splits.items()},
+                                      age_balance=args.age_balance)
         val_ds = make_dataset(np.concatenate([x for x, _ in val_parts.values()]), labels(val_s, args.task),
                               batch_size=args.batch_size, training=False)
         per_dataset = [PerDatasetValidation(val_parts, args.task, args.batch_size)] if len(srcs) > 1 else []
         callbacks = [
-            EpochInfo(len(train_s), size),
+            EpochInfo(epoch_images, size),
             *per_dataset,
             keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=True),
             keras.callbacks.ModelCheckpoint(str(ckpt), save_weights_only=False),
@@ -635,7 +658,27 @@ def save_model(model, task: str, size: int, config: dict, out_dir: Path, data_di
     if by_dataset:
         metadata["validation"]["per_dataset"] = by_dataset
     model_path.with_suffix(".json").write_text(json.dumps(metadata, indent=2))
+    _export_for_inference(model_path, x_val[:PARITY_CHIPS], y[:PARITY_CHIPS])
     return metadata
+
+
+#: Validation chips on which the inference export is compared with the .h5 at the end of training.
+PARITY_CHIPS = 256
+
+
+def _export_for_inference(model_path: Path, faces: np.ndarray, targets: np.ndarray) -> None:
+    """The inference export next to the new ``.h5`` (:func:`train.export.export_model`). The ``.h5`` is what
+    training produces: if the export fails, core runs the ``.h5`` and ``python -m train.export`` can retry."""
+    import warnings
+
+    from train.export import export_model
+
+    try:
+        export_model(model_path, faces=faces, labels=targets,
+                     data=f"validation split, app crops (first {len(faces)})")
+    except Exception as error:  # noqa: BLE001 - never lose a finished training run to its export step
+        warnings.warn(f"the inference export of {model_path.name} failed ({type(error).__name__}: {error}); "
+                      "core will run the .h5. Retry with `python -m train.export`.", RuntimeWarning, stacklevel=2)
 
 
 def publish_history(run_dir: Path, out_dir: Path, task: str, config: dict) -> None:

@@ -19,9 +19,9 @@ from PIL import Image
 import core
 from core.draw import annotate, shrink
 from core.image import load_image
-from core.models import AgeGenderModels, load_models, models_dir
+from core.models import AgeGenderModels, models_dir
 from core.models import require_models as check_model_files
-from core.pipeline import DEFAULT_MIN_FACE_SIZE, DEFAULT_THRESHOLD, face_crop
+from core.pipeline import DEFAULT_MIN_FACE_SIZE, DEFAULT_THRESHOLD, face_crop, prepare
 from core.reliability import GenderReliability
 
 #: Photos are shown and offered for download at most this large (a 50 MP photo would be a 100 MB PNG).
@@ -46,11 +46,8 @@ class ModelLoader:
         threading.Thread(target=self._load, name="model-loader", daemon=True).start()
 
     def _load(self) -> None:
-        from core.detect import get_detector
-
         try:
-            get_detector()
-            models = load_models(self.directory)
+            models = prepare(self.directory)  # the detector builds in a second thread while the models load
             models.predict({s: np.zeros((1, s, s, 3), np.uint8) for s in set(models.input_sizes.values())})
             self.models = models
         except Exception as exc:  # noqa: BLE001 - shown on the page instead of a traceback

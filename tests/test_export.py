@@ -1,0 +1,155 @@
+"""The inference export (OpenVINO IR next to each .h5) and the trunk the two models share (issue #14)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from core.errors import ModelNotFound
+from core.models import MODEL_FILES, AgeGenderModels, predict_crops
+from core.runtime import file_sha256, part_path, sidecar_path
+
+pytest.importorskip("openvino")
+
+#: How far the export's outputs may be from the .h5's (float32 both; other kernels sum in another order).
+TOLERANCE = {"age": 1e-3, "gender": 1e-5}
+
+
+def faces(astronaut: np.ndarray, size: int) -> np.ndarray:
+    """Real faces: the astronaut's crop, mirrored, shifted, darker (uint8, size x size)."""
+    from core.crop import crop_face
+    from core.detect import detect_faces
+
+    face = detect_faces(astronaut)[0]
+    crop = crop_face(astronaut, face.landmark_array(), size)
+    shifted = crop_face(np.roll(astronaut, (3, -4), axis=(0, 1)), face.landmark_array() + [-4, 3], size)
+    return np.stack([crop, crop[:, ::-1], shifted, (crop * 0.7).astype(np.uint8)])
+
+
+def copy_models(source: Path, target: Path) -> Path:
+    shutil.copytree(source, target)
+    return target
+
+
+def predictions(directory: Path, runtime: str, x: np.ndarray, monkeypatch) -> tuple[AgeGenderModels, dict]:
+    monkeypatch.setenv("AGEGENDER_RUNTIME", runtime)
+    models = AgeGenderModels(directory)
+    pred = models.predict({x.shape[1]: x})
+    return models, {"age": pred.ages, "gender": pred.female_probabilities}
+
+
+def test_training_writes_the_export_with_its_sidecar(tiny_models):
+    for task, name in MODEL_FILES.items():
+        model_path = tiny_models / name
+        record = json.loads(sidecar_path(model_path).read_text())
+        assert record["task"] == task and record["runtime"] == "openvino"
+        assert record["source_sha256"] == file_sha256(model_path)
+        for part in ("trunk", "head"):
+            assert part_path(model_path, part).is_file() and part_path(model_path, part).with_suffix(".bin").is_file()
+        parity = record["parity"]
+        assert parity["n"] > 0 and parity["max_abs_diff"] < TOLERANCE[task]
+        assert set(parity["keras"]) == set(parity["export"])
+
+
+def test_export_gives_the_h5_outputs_on_real_faces(tiny_models, astronaut, monkeypatch):
+    x = faces(astronaut, 32)
+    keras_models, keras_out = predictions(tiny_models, "keras", x, monkeypatch)
+    export_models, export_out = predictions(tiny_models, "export", x, monkeypatch)
+    assert (keras_models.runtime, export_models.runtime) == ("keras", "export")
+    assert export_models.precision == "float32"
+    for task in MODEL_FILES:
+        np.testing.assert_allclose(export_out[task], keras_out[task], atol=TOLERANCE[task], rtol=1e-5)
+
+
+def test_auto_uses_the_export_in_float32_only(tiny_models, monkeypatch):
+    monkeypatch.setenv("AGEGENDER_PRECISION", "float32")
+    assert AgeGenderModels(tiny_models).runtime == "export"
+    monkeypatch.setenv("AGEGENDER_PRECISION", "bfloat16")  # a CPU with bf16 math: Keras's bf16 path is faster
+    models = AgeGenderModels(tiny_models)
+    assert (models.runtime, models.precision) == ("keras", "bfloat16")
+
+
+def test_a_stale_export_falls_back_to_the_h5(tiny_models, tmp_path, monkeypatch):
+    directory = copy_models(tiny_models, tmp_path / "models")
+    sidecar = sidecar_path(directory / MODEL_FILES["gender"])
+    record = json.loads(sidecar.read_text())
+    sidecar.write_text(json.dumps({**record, "source_sha256": "0" * 64}))  # as if the .h5 were retrained
+    monkeypatch.setenv("AGEGENDER_PRECISION", "float32")
+    assert AgeGenderModels(directory).runtime == "keras"
+    monkeypatch.setenv("AGEGENDER_RUNTIME", "export")
+    with pytest.raises(ModelNotFound, match="sha256 differs"):
+        AgeGenderModels(directory)
+    with pytest.raises(ValueError, match="AGEGENDER_RUNTIME"):
+        monkeypatch.setenv("AGEGENDER_RUNTIME", "tflite")
+        AgeGenderModels(directory)
+
+
+def test_a_missing_export_falls_back_to_the_h5(tiny_models, tmp_path, monkeypatch):
+    directory = copy_models(tiny_models, tmp_path / "models")
+    part_path(directory / MODEL_FILES["age"], "head").with_suffix(".bin").unlink()
+    monkeypatch.setenv("AGEGENDER_PRECISION", "float32")
+    assert AgeGenderModels(directory).runtime == "keras"
+
+
+@pytest.fixture(scope="module")
+def shared_trunk_models(tiny_models, tmp_path_factory) -> Path:
+    """The tiny models with the gender model's blocks 1-2 replaced by the age model's (as after fine-tuning
+    both from one backbone with those blocks frozen), exported by ``python -m train.export``."""
+    from core.models import load_keras_model, split_model
+    from train.export import main as export_main
+
+    directory = copy_models(tiny_models, tmp_path_factory.mktemp("shared") / "models")
+    age = load_keras_model(directory / MODEL_FILES["age"])
+    gender = load_keras_model(directory / MODEL_FILES["gender"])
+    age_trunk, gender_trunk = split_model(age)[0], split_model(gender)[0]
+    gender_trunk.set_weights(age_trunk.get_weights())
+    gender.save(directory / MODEL_FILES["gender"])
+    assert export_main(["--models-dir", str(directory)]) == 0
+    return directory
+
+
+@pytest.mark.parametrize("runtime", ["keras", "export"])
+def test_identical_trunks_run_once_with_the_same_outputs(shared_trunk_models, tiny_models, astronaut, runtime,
+                                                         monkeypatch):
+    from core.models import load_keras_model
+
+    x = faces(astronaut, 32)
+    models, out = predictions(shared_trunk_models, runtime, x, monkeypatch)
+    assert models.networks.shared and models.runtime == runtime
+    for task, name in MODEL_FILES.items():  # each whole model on its own, with the flip, as the app runs it
+        alone = predict_crops(load_keras_model(shared_trunk_models / name), x, flip=True)
+        np.testing.assert_allclose(out[task], alone, atol=TOLERANCE[task], rtol=1e-5)
+    trained_separately, _ = predictions(tiny_models, runtime, x, monkeypatch)
+    assert not trained_separately.networks.shared  # the tiny models differ everywhere
+
+
+def test_one_trunk_weight_differs_and_nothing_is_shared(shared_trunk_models, tmp_path, astronaut, monkeypatch):
+    from core.models import load_keras_model
+
+    directory = copy_models(shared_trunk_models, tmp_path / "models")
+    path = directory / MODEL_FILES["gender"]
+    gender = load_keras_model(path)
+    kernel, bias = gender.get_layer("conv1_1").get_weights()
+    gender.get_layer("conv1_1").set_weights([kernel, np.nextafter(bias, np.float32(1))])  # one ulp on each bias
+    gender.save(path)
+    x = faces(astronaut, 32)
+    monkeypatch.setenv("AGEGENDER_PRECISION", "float32")
+    models, out = predictions(directory, "auto", x, monkeypatch)
+    assert models.runtime == "keras" and not models.networks.shared  # the gender export is stale now
+    for task, name in MODEL_FILES.items():
+        alone = predict_crops(load_keras_model(directory / name), x, flip=True)
+        np.testing.assert_allclose(out[task], alone, atol=TOLERANCE[task], rtol=1e-5)
+
+
+def test_flip_settings_share_the_loaded_networks(tiny_models):
+    from core.models import _cached, _cached_networks, load_models
+
+    # Both caches are LRU-bounded; earlier tests in the session may hold an AgeGenderModels whose networks
+    # were evicted and rebuilt since. Start from empty caches to check the sharing itself.
+    _cached.cache_clear()
+    _cached_networks.cache_clear()
+    assert load_models(tiny_models, tta=False).networks is load_models(tiny_models).networks

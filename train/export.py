@@ -1,0 +1,158 @@
+"""Export the trained models for inference: OpenVINO IR, float32, each split into trunk + head.
+
+    python -m train.export                                             # models/, parity on random images
+    python -m train.export --data-dir ../shared/data/utkface [--limit N]  # parity on the test split
+
+For each ``<task>_model.h5`` in ``--models-dir`` this writes ``<task>_model.trunk.xml/.bin`` (VGG blocks 1-2),
+``<task>_model.head.xml/.bin`` (the rest; batch norm folded into the convolutions as in
+:func:`core.models.inference_copy`) and ``<task>_model.export.json``: the source ``.h5``'s sha256 (core uses
+the export only while it matches), the runtime and its version, a digest of the trunk's weights (equal
+digests: core runs one trunk for both models) and the parity numbers: the ``.h5`` and the export on the same
+faces (with the test-time flip, as the app runs them), their age MAE or gender accuracy where labels are
+known and the largest output difference. Every training run's export step calls :func:`export_model` too
+(on validation chips). See :mod:`core.runtime` for how core chooses between the ``.h5`` and the export.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+#: Faces scored per batch in the parity check.
+PARITY_BATCH = 64
+
+
+def _convert(model, input_shape: tuple[int, ...], path: Path) -> None:
+    """One Keras (sub)model as float32 OpenVINO IR at ``path`` (.xml + .bin), batch size free.
+
+    Through TensorFlow's own LiteRT converter (:func:`core.lite.convert`) and OpenVINO's LiteRT reader, not
+    ``openvino.convert_model``: that one sends usage telemetry unless the user has opted out.
+    """
+    import tempfile
+
+    import tensorflow as tf
+
+    from core.lite import convert
+    from core.runtime import import_openvino
+
+    ov = import_openvino()
+
+    spec = tf.TensorSpec([None, *input_shape], tf.float32)
+    with tempfile.TemporaryDirectory(prefix="export-") as tmp:
+        flatbuffer = Path(tmp) / "model.tflite"
+        flatbuffer.write_bytes(convert(tf.function(lambda x: model(x, training=False), input_signature=[spec])))
+        ov.save_model(ov.Core().read_model(str(flatbuffer)), str(path), compress_to_fp16=False)
+
+
+def _scores(task: str, outputs: np.ndarray, labels: np.ndarray) -> dict:
+    if task == "age":
+        return {"age_mae": round(float(np.mean(np.abs(outputs - labels))), 4)}
+    return {"gender_accuracy": round(float(np.mean((outputs >= 0.5) == (labels >= 0.5))), 5)}
+
+
+def parity(model_path: Path, task: str, faces: np.ndarray, labels: np.ndarray | None, data: str) -> dict:
+    """The ``.h5`` (Keras, float32) and its export on the same uint8 faces, both with the test-time flip."""
+    from core.models import Networks, load_keras_model, predict_crops
+    from core.runtime import openvino_network, part_path
+
+    keras_out = predict_crops(load_keras_model(model_path), faces, flip=True, batch_size=PARITY_BATCH)
+    parts = {part: openvino_network(part_path(model_path, part)) for part in ("trunk", "head")}
+    export = Networks("export", "float32", {task: parts["trunk"]}, {task: parts["head"]})
+    export_out = np.concatenate([export.run({task: faces[i:i + PARITY_BATCH]}, {task: True})[task]
+                                 for i in range(0, len(faces), PARITY_BATCH)])
+    record: dict = {"data": data, "n": int(len(faces)), "flip": True,
+                    "max_abs_diff": float(np.max(np.abs(export_out - keras_out))) if len(faces) else 0.0}
+    if labels is not None:
+        record["keras"] = _scores(task, keras_out, labels)
+        record["export"] = _scores(task, export_out, labels)
+    return record
+
+
+def export_model(model_path: Path, *, faces: np.ndarray | None = None, labels: np.ndarray | None = None,
+                 data: str = "") -> dict:
+    """Export one ``.h5`` next to itself (see the module docstring); return the sidecar's record.
+
+    ``faces`` (uint8, the model's input size) and ``labels`` feed the parity check; without them it runs on
+    32 random images (output difference only).
+    """
+    import keras
+    import tensorflow as tf
+
+    from core.models import inference_copy, load_keras_model, read_metadata, split_model, trunk_digest
+    from core.runtime import EXPORT_RUNTIME, file_sha256, part_path, runtime_version, sidecar_path
+
+    keras.mixed_precision.set_global_policy("float32")
+    meta = read_metadata(model_path)
+    task, size = meta["task"], int(meta["input_size"])
+    model = load_keras_model(model_path)
+    trunk, head = split_model(inference_copy(model))
+    sidecar_path(model_path).unlink(missing_ok=True)  # no stale record while the parts are rewritten
+    _convert(trunk, (size, size, 3), part_path(model_path, "trunk"))
+    _convert(head, tuple(trunk.compute_output_shape((None, size, size, 3))[1:]), part_path(model_path, "head"))
+    record = {
+        "task": task,
+        "source": model_path.name,
+        "source_sha256": file_sha256(model_path),
+        "runtime": EXPORT_RUNTIME,
+        "runtime_version": runtime_version(),
+        "format": "OpenVINO IR, float32 (batch norm folded into the convolutions)",
+        "converter": f"TensorFlow {tf.__version__}'s LiteRT converter, then OpenVINO's reader",
+        "parts": {part: part_path(model_path, part).name for part in ("trunk", "head")},
+        "trunk": "input to pool2 (VGG blocks 1-2); the head takes its output",
+        "trunk_sha256": trunk_digest(model),
+        "input": f"float32 (N, {size}, {size}, 3): core.vggface.preprocess_input of uint8 RGB faces",
+        "exported": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    if faces is None:
+        faces = np.random.default_rng(0).integers(0, 256, (32, size, size, 3), dtype=np.uint8)
+        labels, data = None, "32 random images"
+    record["parity"] = parity(model_path, task, faces, labels, data)
+    sidecar_path(model_path).write_text(json.dumps(record, indent=2))
+    return record
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m train.export", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models-dir", type=Path, help="default models/ (or AGEGENDER_MODELS_DIR)")
+    parser.add_argument("--data-dir", type=Path, help="UTKFace chips: parity on the saved test split")
+    parser.add_argument("--limit", type=int, help="parity on the first N test chips only")
+    parser.add_argument("--tasks", nargs="+", default=["age", "gender"], choices=("age", "gender"))
+    args = parser.parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+    from core.models import MODEL_FILES, models_dir, read_metadata
+
+    directory = models_dir(args.models_dir)
+    samples = None
+    if args.data_dir:
+        from train.data import load_or_make_split
+
+        samples = load_or_make_split(args.data_dir)["test"][: args.limit or None]
+    for task in args.tasks:
+        path = directory / MODEL_FILES[task]
+        if not path.is_file():
+            print(f"error: {path} not found", file=sys.stderr)
+            return 2
+        faces = labels = None
+        data = ""
+        if samples:
+            from train.data import labels as sample_labels
+            from train.data import load_chips
+
+            faces = load_chips(args.data_dir, samples, int(read_metadata(path)["input_size"]))
+            labels, data = sample_labels(samples, task), f"test split, chips as given (n={len(samples)})"
+        record = export_model(path, faces=faces, labels=labels, data=data)
+        print(f"{task}: {record['parts']} ({record['runtime']} {record['runtime_version']}); parity "
+              f"{json.dumps(record['parity'])}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
