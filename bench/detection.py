@@ -95,10 +95,16 @@ def latency(repeats: int, threshold: float) -> dict:
 
 
 def passes_ab(repeats: int) -> dict:
-    """What the large-face pass costs: one pass (the large-face pass switched off) against two, interleaved in
-    this process on the benchmark photos; warm medians of ``detect_faces`` alone and of ``core.analyze`` end to
-    end (the shipped models), and the ratios two/one."""
+    """What the large-face pass costs, interleaved in this process on the benchmark photos: warm medians of
+    ``detect_faces`` alone and of ``core.analyze`` end to end (the shipped models) for
+
+    - ``before``: one pass, RNet and ONet as ``tf.function``s: the detector before the large-face pass;
+    - ``one``: one pass with today's networks (the large-face pass switched off);
+    - ``two``: today's detector;
+
+    and the ratios two/one and two/before."""
     import numpy as np
+    import tensorflow as tf
     from PIL import Image
 
     import core
@@ -107,17 +113,24 @@ def passes_ab(repeats: int) -> dict:
     from core.models import load_models
 
     models = load_models()
+    stages = detect.get_detector().stages
+    ours = [stage._model for stage in stages]
+    in_tf = [ours[0]] + [tf.function(stage.model, reduce_retracing=True, autograph=False)
+                         for stage in _stock_stages()[1:]]
     fraction = detect.LARGE_FACE_FRACTION
-    passes = {"one": float("inf"), "two": fraction}  # an infinite "large" face: the second pass never runs
+    # An infinite "large" face: the second pass never runs.
+    variants = {"before": (float("inf"), in_tf), "one": (float("inf"), ours), "two": (fraction, ours)}
     out = {}
     try:
         for resolution in ("240p", "720p", "1080p"):
             data = photo(resolution, 1)
             rgb = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
-            times: dict[str, list[float]] = {f"{k}_{n}": [] for k in ("detect", "analyze") for n in passes}
+            times: dict[str, list[float]] = {f"{k}_{n}": [] for k in ("detect", "analyze") for n in variants}
             for rep in range(repeats + 1):
-                for name, value in passes.items():
+                for name, (value, nets) in variants.items():
                     detect.LARGE_FACE_FRACTION = value
+                    for stage, net in zip(stages, nets):
+                        stage._model = net
                     for kind in ("detect", "analyze"):
                         t = time.perf_counter()
                         if kind == "detect":
@@ -128,11 +141,26 @@ def passes_ab(repeats: int) -> dict:
                             times[f"{kind}_{name}"].append(time.perf_counter() - t)
             med = {k: statistics.median(v) * 1000 for k, v in times.items()}
             out[resolution] = {**{f"{k}_ms": round(v, 1) for k, v in med.items()},
-                               "detect_ratio": round(med["detect_two"] / med["detect_one"], 3),
-                               "analyze_ratio": round(med["analyze_two"] / med["analyze_one"], 3)}
+                               **{f"{kind}_ratio{suffix}": round(med[f"{kind}_two"] / med[f"{kind}_{base}"], 3)
+                                  for kind in ("detect", "analyze")
+                                  for base, suffix in (("one", ""), ("before", "_before"))}}
     finally:
         detect.LARGE_FACE_FRACTION = fraction
+        for stage, net in zip(stages, ours):
+            stage._model = net
     return out
+
+
+def _stock_stages():
+    import keras
+    from mtcnn import MTCNN
+
+    policy = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy("float32")
+    try:
+        return MTCNN(device="CPU:0").stages
+    finally:
+        keras.mixed_precision.set_global_policy(policy)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -148,8 +176,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD)
     parser.add_argument("--repeats", type=int, default=10, help="timed calls per benchmark photo (0: skip)")
     parser.add_argument("--passes-ab", action="store_true",
-                        help="also time one pass against two (interleaved, --repeats rounds), detection alone "
-                             "and end to end with the shipped models")
+                        help="also time two passes against one and against the detector before the large-face "
+                             "pass (interleaved, --repeats rounds), detection alone and end to end with the "
+                             "shipped models")
     parser.add_argument("--json", type=Path, help="also write the result here")
     args = parser.parse_args(argv)
 
@@ -175,8 +204,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.passes_ab:
         result["passes_ab"] = passes_ab(max(1, args.repeats))
         for resolution, row in result["passes_ab"].items():
-            print(f"{resolution}: detection two/one passes {row['detect_ratio']}, "
-                  f"end to end {row['analyze_ratio']} ({row['analyze_one_ms']} -> {row['analyze_two_ms']} ms)")
+            print(f"{resolution}: detection two/one passes {row['detect_ratio']}, two/before "
+                  f"{row['detect_ratio_before']} ({row['detect_before_ms']} -> {row['detect_two_ms']} ms); "
+                  f"end to end two/one {row['analyze_ratio']}, two/before {row['analyze_ratio_before']} "
+                  f"({row['analyze_before_ms']} -> {row['analyze_two_ms']} ms)")
     if args.json:
         args.json.write_text(json.dumps(result, indent=1) + "\n")
     summary = {k: v for k, v in result.items() if not isinstance(v, dict)}

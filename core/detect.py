@@ -66,38 +66,60 @@ class Detection:
         return np.array([self.landmarks[n] for n in LANDMARK_NAMES], dtype=np.float64)
 
 
-class LitePNet:
-    """MTCNN's first network (PNet) run by LiteRT's XNNPACK CPU kernels, called like the Keras model.
+#: MTCNN's three networks: their names in the ``mtcnn`` package (weights ``<name>.lz4``) and the side of the
+#: square patches RNet and ONet take (PNet takes whole pyramid levels).
+MTCNN_NETS = (("pnet", None), ("rnet", 24), ("onet", 48))
 
-    PNet scans every level of the image pyramid and is most of MTCNN's time. Its convolutions have 3 to 32
-    channels, which TensorFlow's CPU kernels run far below the CPU's speed; XNNPACK ran PNet's whole 720p
-    pyramid about 3.5x faster here (same outputs to 1e-5). The Keras model is converted once; one
-    interpreter per input shape is kept (at most :attr:`max_shapes`, least recently used dropped): setting
-    one up for a new shape costs about twice its run, so the gain is for photo sizes seen before.
+
+class LiteNet:
+    """One of MTCNN's networks run by LiteRT's XNNPACK CPU kernels, called like the Keras model.
+
+    PNet scans every level of the image pyramid: its convolutions have 3 to 32 channels, which TensorFlow's
+    CPU kernels run far below the CPU's speed (XNNPACK ran PNet's whole 720p pyramid about 3.5x faster).
+    RNet and ONet see a few dozen small patches per photo, where a ``tf.function`` call costs about 2-3 ms
+    of fixed overhead each, more than the arithmetic (``python -m bench.detection``); a LiteRT call costs a
+    fraction of a millisecond. Same outputs as the Keras network to about 1e-5.
+
+    ``patch=None`` (PNet): input ``(1, H, W, 3)``, one interpreter per input shape. ``patch=S`` (RNet, ONet):
+    input ``(N, S, S, 3)``; N is padded up to a bucket (:meth:`bucket`) so a few interpreters serve every N,
+    and the padding rows are dropped from the outputs. At most :attr:`max_shapes` interpreters are kept
+    (least recently used dropped): setting one up costs about twice its run.
 
     The conversion (about a second) is done once per machine: the flatbuffer is cached
     (:func:`core.lite.cached_flatbuffer`) under a name made of the mtcnn version, the TensorFlow version that
-    converted it and a hash of PNet's weights (:func:`pnet_cache_name`), so a new mtcnn or TensorFlow converts
-    again.
+    converted it and a hash of the network's weights (:func:`mtcnn_cache_name`), so a new mtcnn or TensorFlow
+    converts again.
     """
 
-    max_shapes = 24  # about two photo sizes' pyramids
+    max_shapes = 48  # PNet: the pyramids of about three photo sizes (240p and 720p together need 37)
 
-    def __init__(self, keras_model, cache_name: str | None = None) -> None:
+    def __init__(self, keras_model, cache_name: str | None = None, *, patch: int | None = None) -> None:
         import tensorflow as tf
 
         from core import lite
         from core.hardware import cpu_threads
 
+        self.patch = patch
+        spec = tf.TensorSpec([1, None, None, 3] if patch is None else [None, patch, patch, 3], tf.float32)
+
         def convert() -> bytes:
-            spec = tf.TensorSpec([1, None, None, 3], tf.float32)
             return lite.convert(tf.function(lambda x: keras_model(x), input_signature=[spec]))
 
         self._flatbuffer = lite.cached_flatbuffer(cache_name, convert) if cache_name else convert()
-        # The Keras outputs are (box regression: 4 channels, face probability: 2 channels); match by width.
-        self._channels = [int(out.shape[-1]) for out in keras_model(tf.zeros([1, 12, 12, 3]))]
+        # Outputs differ in width (PNet: box regression 4, face probability 2; ONet also landmarks 10):
+        # match LiteRT's outputs to the Keras order by width.
+        probe = tf.zeros([1, 12, 12, 3] if patch is None else [1, patch, patch, 3])
+        self._channels = [int(out.shape[-1]) for out in keras_model(probe)]
         self._interpreters: OrderedDict[tuple[int, ...], tuple] = OrderedDict()
         self._threads = cpu_threads()
+
+    @staticmethod
+    def bucket(n: int) -> int:
+        """The batch size that ``n`` patches are padded to: a power of two from 8 to 256, then a multiple
+        of 256 (at most about twice the work, a handful of interpreters)."""
+        if n <= 256:
+            return max(8, 1 << max(0, n - 1).bit_length())
+        return -(-n // 256) * 256
 
     def _interpreter(self, shape: tuple[int, ...]) -> tuple:
         if shape in self._interpreters:
@@ -120,32 +142,40 @@ class LitePNet:
         import tensorflow as tf
 
         x = np.asarray(images, np.float32)
+        n = len(x)
+        if self.patch is not None:
+            size = self.bucket(n)
+            if size != n:
+                x = np.concatenate([x, np.zeros((size - n, *x.shape[1:]), np.float32)])
         interpreter, index, outputs = self._interpreter(tuple(x.shape))
         interpreter.set_tensor(index, x)
         interpreter.invoke()
-        return [tf.convert_to_tensor(interpreter.get_tensor(i)) for i in outputs]
+        if self.patch is None:
+            return [tf.convert_to_tensor(interpreter.get_tensor(i)) for i in outputs]
+        return [tf.convert_to_tensor(interpreter.get_tensor(i)[:n]) for i in outputs]
 
 
-def pnet_cache_name() -> str:
-    """The cache file name of PNet's LiteRT flatbuffer: mtcnn and TensorFlow versions, weights' hash."""
+def mtcnn_cache_name(net: str = "pnet") -> str:
+    """The cache file name of one MTCNN network's LiteRT flatbuffer: mtcnn and TensorFlow versions, the
+    network's weights' hash."""
     import hashlib
     from importlib.metadata import version
 
     import mtcnn
     import tensorflow as tf
 
-    weights = Path(mtcnn.__file__).parent / "assets" / "weights" / "pnet.lz4"
+    weights = Path(mtcnn.__file__).parent / "assets" / "weights" / f"{net}.lz4"
     digest = hashlib.sha256(weights.read_bytes()).hexdigest()[:16]
-    return f"mtcnn-{version('mtcnn')}-pnet-{digest}-tf{tf.__version__}.tflite"
+    return f"mtcnn-{version('mtcnn')}-{net}-{digest}-tf{tf.__version__}.tflite"
 
 
 @lru_cache(maxsize=1)
 def get_detector():
     """The process-wide MTCNN instance (weights ship inside the ``mtcnn`` package).
 
-    PNet runs on LiteRT's XNNPACK kernels where :func:`core.lite.enabled` (:class:`LitePNet`), RNet
-    and ONet as ``tf.function``s: mtcnn 1.0 calls its networks eagerly, once per pyramid level, which made
-    them about 4x slower at 240p and 1.5x at 1080p (python -m bench).
+    Its three networks run on LiteRT's XNNPACK kernels where :func:`core.lite.enabled` (:class:`LiteNet`),
+    otherwise (or where a conversion fails) as ``tf.function``s: mtcnn 1.0 calls its networks eagerly, once
+    per pyramid level, which made them about 4x slower at 240p and 1.5x at 1080p (python -m bench).
     """
     import keras
     import tensorflow as tf
@@ -159,17 +189,20 @@ def get_detector():
         detector = MTCNN(device="CPU:0")
     finally:
         keras.mixed_precision.set_global_policy(policy)
-    pnet = detector.stages[0].model
-    for stage in detector.stages:  # mtcnn 1.0.0 keeps each stage's network in ``_model``
-        stage._model = tf.function(stage.model, reduce_retracing=True, autograph=False)
     from core import lite
 
-    if lite.enabled():
+    use_lite = lite.enabled()
+    for stage, (net, patch) in zip(detector.stages, MTCNN_NETS, strict=True):
+        keras_net = stage.model  # mtcnn 1.0.0 keeps each stage's network in ``_model``
+        stage._model = tf.function(keras_net, reduce_retracing=True, autograph=False)
+        if not use_lite:
+            continue
         try:
-            detector.stages[0]._model = LitePNet(pnet, pnet_cache_name())
-        except Exception as error:  # a conversion or runtime failure must not stop detection: PNet stays in TF
-            warnings.warn(f"MTCNN's PNet could not run on LiteRT ({error}); it runs in TensorFlow instead "
-                          "(slower). Set AGEGENDER_LITERT=0 to skip the attempt.", RuntimeWarning, stacklevel=2)
+            stage._model = LiteNet(keras_net, mtcnn_cache_name(net), patch=patch)
+        except Exception as error:  # a conversion or runtime failure must not stop detection: stay in TF
+            warnings.warn(f"MTCNN's {net.upper()} could not run on LiteRT ({error}); it runs in TensorFlow "
+                          "instead (slower). Set AGEGENDER_LITERT=0 to skip the attempt.", RuntimeWarning,
+                          stacklevel=2)
     return detector
 
 

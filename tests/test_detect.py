@@ -99,10 +99,10 @@ def test_lite_pnet_matches_the_keras_pnet():
     pytest.importorskip("ai_edge_litert")
     from mtcnn import MTCNN
 
-    from core.detect import LitePNet
+    from core.detect import LiteNet
 
     keras_pnet = MTCNN(device="CPU:0").stages[0].model
-    lite = LitePNet(keras_pnet)
+    lite = LiteNet(keras_pnet)
     lite.max_shapes = 2
     rng = np.random.default_rng(0)
     for h, w in ((12, 12), (100, 151), (217, 386), (100, 151)):
@@ -114,45 +114,67 @@ def test_lite_pnet_matches_the_keras_pnet():
     assert list(lite._interpreters) == [(1, 217, 386, 3), (1, 100, 151, 3)]
 
 
+def test_lite_rnet_and_onet_match_keras_for_any_number_of_patches():
+    """RNet and ONet on LiteRT: the Keras outputs for 1 to 300 patches, in Keras's order (ONet: regression,
+    landmarks, probability); patch counts share a few padded batch sizes."""
+    pytest.importorskip("ai_edge_litert")
+    from mtcnn import MTCNN
+
+    from core.detect import LiteNet
+
+    assert [LiteNet.bucket(n) for n in (1, 8, 9, 33, 256, 257, 600)] == [8, 8, 16, 64, 256, 512, 768]
+    stages = MTCNN(device="CPU:0").stages
+    rng = np.random.default_rng(1)
+    for stage, patch in ((stages[1], 24), (stages[2], 48)):
+        lite = LiteNet(stage.model, patch=patch)
+        for n in (1, 5, 37, 300):
+            x = rng.uniform(-1, 1, (n, patch, patch, 3)).astype(np.float32)
+            ours, theirs = lite(x), stage.model(x)
+            assert [tuple(o.shape) for o in ours] == [tuple(t.shape) for t in theirs]
+            for o, t in zip(ours, theirs):
+                np.testing.assert_allclose(o.numpy(), np.asarray(t), atol=1e-4)
+        assert sorted(s[0] for s in lite._interpreters) == [8, 64, 512]
+
+
 def test_lite_pnet_is_converted_once_and_cached(tmp_path, monkeypatch):
-    """The flatbuffer is stored under its cache name; the next LitePNet loads it without converting; a
+    """The flatbuffer is stored under its cache name; the next LiteNet loads it without converting; a
     corrupt or missing file is converted again. The name changes with mtcnn's weights and versions."""
     pytest.importorskip("ai_edge_litert")
     from mtcnn import MTCNN
 
     from core import lite
-    from core.detect import LitePNet, pnet_cache_name
+    from core.detect import LiteNet, mtcnn_cache_name
 
     monkeypatch.setenv("AGEGENDER_CACHE_DIR", str(tmp_path))
-    name = pnet_cache_name()
+    name = mtcnn_cache_name()
     assert name.startswith("mtcnn-1.0.0-pnet-") and name.endswith(".tflite")
     keras_pnet = MTCNN(device="CPU:0").stages[0].model
-    first = LitePNet(keras_pnet, name)
+    first = LiteNet(keras_pnet, name)
     assert (tmp_path / name).read_bytes() == first._flatbuffer
     conversions = []
     convert = lite.convert
     monkeypatch.setattr(lite, "convert", lambda function: conversions.append(1) or convert(function))
     x = np.random.default_rng(0).uniform(-1, 1, (1, 40, 50, 3)).astype(np.float32)
-    cached = LitePNet(keras_pnet, name)
+    cached = LiteNet(keras_pnet, name)
     assert conversions == []
     for o, t in zip(cached(x), keras_pnet(x)):
         np.testing.assert_allclose(o.numpy(), np.asarray(t), atol=1e-4)
     (tmp_path / name).write_bytes(b"not a flatbuffer")
-    LitePNet(keras_pnet, name)
+    LiteNet(keras_pnet, name)
     assert conversions == [1] and (tmp_path / name).read_bytes() == first._flatbuffer
 
 
 def test_detector_without_litert_runs_pnet_in_tensorflow(astronaut, monkeypatch):
     """AGEGENDER_LITERT=0 (and platforms without LiteRT wheels) run PNet with TensorFlow: same face."""
-    from core.detect import LitePNet
+    from core.detect import LiteNet
 
     lite_face = detect_faces(astronaut)[0]
-    assert isinstance(get_detector().stages[0]._model, LitePNet) == (importlib.util.find_spec("ai_edge_litert")
-                                                                    is not None)
+    has_litert = importlib.util.find_spec("ai_edge_litert") is not None
+    assert [isinstance(stage._model, LiteNet) for stage in get_detector().stages] == [has_litert] * 3
     monkeypatch.setenv("AGEGENDER_LITERT", "0")
     get_detector.cache_clear()
     try:
-        assert not isinstance(get_detector().stages[0]._model, LitePNet)
+        assert not any(isinstance(stage._model, LiteNet) for stage in get_detector().stages)
         faces = detect_faces(astronaut)
     finally:
         get_detector.cache_clear()
@@ -166,10 +188,10 @@ def test_detector_falls_back_to_tensorflow_when_litert_fails(astronaut, monkeypa
     pytest.importorskip("ai_edge_litert")
     import core.detect as detect
 
-    def broken(_model, _cache_name=None):
+    def broken(_model, _cache_name=None, **_kwargs):
         raise RuntimeError("converter exploded")
 
-    monkeypatch.setattr(detect, "LitePNet", broken)
+    monkeypatch.setattr(detect, "LiteNet", broken)
     get_detector.cache_clear()
     try:
         with pytest.warns(RuntimeWarning, match="converter exploded"):

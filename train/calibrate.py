@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     import keras
 
     from core.models import DEFAULT_MODELS_DIR, MODEL_FILES, read_metadata
-    from train.data import labels, load_chips_of, load_or_make_split, sources
+    from train.data import labels, load_chips_of, validation_sources
     from train.model import compile_args
     from train.trainer import validation_by_dataset
 
@@ -114,14 +114,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     metadata = read_metadata(path)
     try:
-        srcs = sources(args.data_dir, args.split_dir)
+        srcs, val = validation_sources(args.data_dir, args.split_dir)
     except (FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
-    val = [s for src in srcs.values() for s in load_or_make_split(src.data_dir, src.split_dir)["val"]]
-    if not val:
-        print(f"error: no validation samples of the saved split in {', '.join(map(str, args.data_dir))}",
-              file=sys.stderr)
         return 2
     model = keras.models.load_model(path, compile=False)
     x_val = load_chips_of(srcs, val, metadata["input_size"], align=True)

@@ -307,6 +307,19 @@ def sources(data_dirs: list[Path], split_dirs: list[Path] | None = None) -> dict
     return out
 
 
+def validation_sources(data_dirs: list[Path], split_dirs: list[Path] | None = None
+                       ) -> tuple[dict[str, Source], list[Sample]]:
+    """The sources of ``data_dirs`` and the union of their saved validation splits (made if missing).
+
+    Raises ``FileNotFoundError``/``ValueError`` for a missing folder or split, and ``ValueError`` when no
+    validation sample is found."""
+    srcs = sources(data_dirs, split_dirs)
+    val = [s for src in srcs.values() for s in load_or_make_split(src.data_dir, src.split_dir)["val"]]
+    if not val:
+        raise ValueError(f"no validation samples of the saved split in {', '.join(map(str, data_dirs))}")
+    return srcs, val
+
+
 def chip_landmarks(data_dir: Path, samples: list[Sample], *, cache: bool = True, progress: bool = False,
                    store: Path | None = None) -> np.ndarray:
     """MTCNN landmarks of the largest face on each image, exactly as the app detects it -> (N, 5, 2) float32,

@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     import keras
 
     from core.models import DEFAULT_MODELS_DIR
-    from train.data import load_or_make_split, sources
+    from train.data import validation_sources
     from train.trainer import publish_history, save_model
 
     parser = argparse.ArgumentParser(prog="python -m train.soup", description=__doc__,
@@ -75,11 +75,10 @@ def main(argv: list[str] | None = None) -> int:
               "init_note": f"uniform soup (weight average) of {len(names)} fine-tunes ({', '.join(names)}), "
                            f"each: {configs[0].get('init_note')}"}
     try:
-        srcs = sources(args.data_dir, args.split_dir)
+        srcs, val = validation_sources(args.data_dir, args.split_dir)
     except (FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    val = [s for src in srcs.values() for s in load_or_make_split(src.data_dir, src.split_dir)["val"]]
     metadata = save_model(model, args.task, size, config, args.out_dir, srcs, val)
     publish_history(args.runs[0], args.out_dir, args.task, config)
     for run in args.runs[1:]:
