@@ -51,7 +51,7 @@ models: install
 
 # The gender model's reliability rule (models/gender_model.json), e.g. after retraining either model.
 reliability: install
-	$(BIN)/python -m train.reliability --data-dir $(DATA)
+	$(BIN)/python -m train.reliability --data-dir $(DATA) --data-dir $(AAF)
 
 # Beyond UTKFace: our models and the peer on every dataset's test split, clean and degraded (README).
 GENERALISATION = --data-dir $(DATA) --data-dir $(AAF) --degrade --out-dir models/generalisation
