@@ -37,7 +37,7 @@ from fastapi.responses import JSONResponse
 from core.errors import InvalidImage, ModelNotFound
 from core.image import MAX_BYTES, load_image
 from core.models import load_models
-from core.pipeline import DEFAULT_MIN_FACE_SIZE, DEFAULT_THRESHOLD
+from core.pipeline import DEFAULT_MIN_FACE_SIZE, DEFAULT_THRESHOLD, prepare
 from core.pipeline import analyze as analyze_image
 from core.results import FaceResult
 
@@ -193,7 +193,9 @@ def create_app(models_dir: str | Path | None = None, *, max_queue: int | None = 
         if isinstance(data, JSONResponse):
             return data
         try:
-            models = load_models(models_dir)
+            # Off the event loop: the first request loads the models (seconds), and other requests (health
+            # checks, refusals) must still be answered meanwhile. Later calls return the cached models.
+            models = await asyncio.to_thread(prepare, models_dir)
         except ModelNotFound as exc:
             return error(503, "models_missing", str(exc))
         work = partial(decode_and_analyze, data, min_face_size=min_face_size, threshold=threshold, align=align,
