@@ -21,7 +21,7 @@ install: $(VENV)/.runtime
 install-dev: $(VENV)/.dev
 
 run: install
-	$(BIN)/streamlit run Home.py
+	$(BIN)/streamlit run streamlit_app.py
 
 lint: install-dev
 	$(BIN)/ruff check .

@@ -2,9 +2,9 @@
 
 import streamlit as st
 
-from ui.view import analyze_and_show, loading_status, sidebar_settings, start_loading
+from ui.view import analyze_and_show, loading_status, page, sidebar_settings, start_loading
 
-st.set_page_config(page_title="Webcam snapshot · Age & gender", page_icon="📷", layout="wide")
+page("Webcam snapshot", "📷")
 st.title("Webcam snapshot")
 loader = start_loading()
 settings = sidebar_settings()

@@ -7,8 +7,9 @@ import streamlit as st
 from core.modelcard import degradation_rows, find_runs_dir, generalisation_rows, lineage, load_model_info
 from ui import charts
 from ui.monitor import show_monitor
+from ui.view import page
 
-st.set_page_config(page_title="Training history · Age & gender", page_icon="📈", layout="wide")
+page("Training history", "📈")
 st.title("Training history")
 info = load_model_info()
 

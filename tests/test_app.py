@@ -54,19 +54,23 @@ def run_upload_page(files: list[tuple[str, bytes, str]]) -> AppTest:
 
 
 def test_sidebar_names_pages_as_people_expect():
-    """The entry script is the sidebar's first entry: its file name is its label ("Home", not "streamlit app")."""
-    from streamlit.source_util import page_icon_and_name
+    """The entry script is ``streamlit_app.py``, but the sidebar calls it "Home": Streamlit's own page list
+    (which would say "streamlit app") is off, and every page draws ``ui.view.PAGES`` as links instead."""
+    import tomllib
 
-    scripts = [ROOT / "Home.py", *sorted((ROOT / "pages").glob("*.py"))]
-    names = [page_icon_and_name(p)[1].replace("_", " ") for p in scripts]
-    assert names == ["Home", "Photo upload", "Webcam snapshot", "Training history"]
-    assert not (ROOT / "streamlit_app.py").exists()
-    for script in scripts:  # a browser tab title per page, naming the app
-        assert "Age & gender" in script.read_text()
+    from ui.view import PAGES
+
+    config = tomllib.loads((ROOT / ".streamlit" / "config.toml").read_text())
+    assert config["client"]["showSidebarNavigation"] is False
+    scripts = [ROOT / "streamlit_app.py", *sorted((ROOT / "pages").glob("*.py"))]
+    assert [ROOT / script for script, _, _ in PAGES] == scripts
+    assert [label for _, label, _ in PAGES] == ["Home", "Photo upload", "Webcam snapshot", "Training history"]
+    for script in scripts:  # every page calls ui.view.page first: tab title naming the app, the links
+        assert "\npage(" in script.read_text()
 
 
 def test_home_page(app_env):
-    at = AppTest.from_file(str(ROOT / "Home.py"), default_timeout=240).run()
+    at = AppTest.from_file(str(ROOT / "streamlit_app.py"), default_timeout=240).run()
     assert not at.exception
     text = " ".join(m.value for m in at.markdown)
     assert "never stored" in text and "binary label" in text
@@ -103,7 +107,7 @@ def test_unreliable_gender_is_shown_as_uncertain(rule_env, astronaut_jpeg):
 def test_without_a_rule_every_gender_gets_a_label(rule_env, astronaut_jpeg):
     """A gender model without a ``gender_reliability`` block (as shipped until train.reliability is run on it)."""
     rule_env(None)
-    home = AppTest.from_file(str(ROOT / "Home.py"), default_timeout=240).run()
+    home = AppTest.from_file(str(ROOT / "streamlit_app.py"), default_timeout=240).run()
     assert not home.exception
     text = " ".join(m.value for m in home.markdown)
     assert "No reliability rule is stored" in text and "no rule to show it as *uncertain*" in text

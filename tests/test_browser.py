@@ -42,7 +42,7 @@ def free_port() -> int:
 def running_app(env: dict[str, str]):
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "Home.py", "--server.address", "127.0.0.1",
+        [sys.executable, "-m", "streamlit", "run", "streamlit_app.py", "--server.address", "127.0.0.1",
          "--server.port", str(port), "--server.headless", "true"],
         cwd=ROOT, env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     url = f"http://127.0.0.1:{port}"
@@ -75,7 +75,9 @@ def upload_and_wait(page, url: str, photo: Path, timeout_ms: int = SLOW_MS) -> N
 
 
 def sidebar_entries(page) -> list[str]:
-    return [t.strip() for t in page.get_by_test_id("stSidebarNav").locator("a").all_inner_texts()]
+    """The labels of the sidebar's page links (``ui.view.page``; Streamlit's own list is switched off)."""
+    texts = page.get_by_test_id("stSidebar").get_by_test_id("stPageLink-NavLink").all_inner_texts()
+    return [t.strip().splitlines()[-1].strip() for t in texts]
 
 
 def screenshots(url: str, out: Path, photo: Path) -> list[Path]:

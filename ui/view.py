@@ -69,6 +69,31 @@ def model_loader(directory: str) -> ModelLoader:
     return ModelLoader(directory)
 
 
+#: The app's pages in sidebar order: script (relative to ``streamlit_app.py``), label, icon. Streamlit would
+#: name the entry page after its file ("streamlit app"), so its own list is switched off
+#: (``client.showSidebarNavigation = false`` in ``.streamlit/config.toml``) and :func:`navigation` draws this one.
+PAGES = (
+    ("streamlit_app.py", "Home", "🙂"),
+    ("pages/1_Photo_upload.py", "Photo upload", "🖼️"),
+    ("pages/2_Webcam_snapshot.py", "Webcam snapshot", "📷"),
+    ("pages/3_Training_history.py", "Training history", "📈"),
+)
+
+
+def page(title: str, icon: str) -> None:
+    """Every page's first call: the browser tab's title and icon, and the sidebar's list of pages."""
+    st.set_page_config(page_title=f"{title} · Age & gender", page_icon=icon, layout="wide")
+    from streamlit.errors import StreamlitPageNotFoundError
+
+    with st.sidebar:
+        for script, label, page_icon in PAGES:
+            try:
+                st.page_link(script, label=label, icon=page_icon)
+            except StreamlitPageNotFoundError:  # one page script run on its own (AppTest): no app around it
+                break
+        st.divider()
+
+
 def start_loading() -> ModelLoader:
     """Start loading the models in the background (every page calls this first); a clear error and
     ``st.stop()`` when they are missing."""

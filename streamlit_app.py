@@ -3,9 +3,9 @@
 import streamlit as st
 
 from core.modelcard import load_model_info
-from ui.view import loading_status, reliability_text, start_loading
+from ui.view import loading_status, page, reliability_text, start_loading
 
-st.set_page_config(page_title="Home · Age & gender from faces", page_icon="🙂", layout="wide")
+page("Home", "🙂")
 
 st.title("Age and gender estimation from face photos")
 st.write(
