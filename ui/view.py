@@ -72,11 +72,11 @@ def model_loader(directory: str) -> ModelLoader:
 #: The app's pages in sidebar order: script (relative to ``streamlit_app.py``), label, icon. Streamlit would
 #: name the entry page after its file ("streamlit app"), so its own list is switched off
 #: (``client.showSidebarNavigation = false`` in ``.streamlit/config.toml``) and :func:`navigation` draws this one.
-PAGES = (
-    ("streamlit_app.py", "Home", "🙂"),
-    ("pages/1_Photo_upload.py", "Photo upload", "🖼️"),
-    ("pages/2_Webcam_snapshot.py", "Webcam snapshot", "📷"),
-    ("pages/3_Training_history.py", "Training history", "📈"),
+PAGES = (  # Material icons: drawn by Streamlit's own font, where a system may have no emoji font
+    ("streamlit_app.py", "Home", ":material/home:"),
+    ("pages/1_Photo_upload.py", "Photo upload", ":material/upload:"),
+    ("pages/2_Webcam_snapshot.py", "Webcam snapshot", ":material/photo_camera:"),
+    ("pages/3_Training_history.py", "Training history", ":material/monitoring:"),
 )
 
 
