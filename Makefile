@@ -39,14 +39,19 @@ AAF ?= ../shared/data/aaf
 # session 5; the same step for age was measured and not shipped, see README).
 MIX = --data-dir $(DATA) --data-dir $(AAF) --freeze-blocks 2 --schedule 96:1 --epoch-images 12800 --lr 5e-5 \
       --warmup-epochs 0.1 --augment photo --resume
+# Then the age model: one short epoch on UTKFace alone with the photo augmentation (shipped since session 6;
+# adding AAF to it over-aged children, see README "Beyond UTKFace, step by step").
+PHOTO = --freeze-blocks 2 --schedule 96:1 --epoch-images 12800 --lr 5e-5 --warmup-epochs 0.1 --augment photo --resume
 models: install
 	$(BIN)/python -m train multitask --data-dir $(DATA) --schedule 64:7,96:7 --warmup-epochs 0.5 --until-epoch 9 --augment basic --resume
 	$(BIN)/python -m train age $(FINETUNE)
 	$(BIN)/python -m train gender $(FINETUNE)
 	$(BIN)/python -m train gender $(MIX) --init models/gender_model.h5 --run-dir runs/gender_mix
+	$(BIN)/python -m train age --data-dir $(DATA) $(PHOTO) --init models/age_model.h5 --run-dir runs/age_photo
 	$(BIN)/python -m train.evaluate --data-dir $(DATA) --json models/metrics_test_chip.json
 	$(BIN)/python -m train.evaluate --data-dir $(DATA) --detect --json models/metrics_test_detect.json
 	$(BIN)/python -m train.export --data-dir $(DATA)
+	$(BIN)/python -m train.reliability --data-dir $(DATA) --data-dir $(AAF)
 	$(BIN)/python -m train.card
 
 # The gender model's reliability rule (models/gender_model.json), e.g. after retraining either model.
