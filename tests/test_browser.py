@@ -76,7 +76,10 @@ def upload_and_wait(page, url: str, photo: Path, timeout_ms: int = SLOW_MS) -> N
 
 def sidebar_entries(page) -> list[str]:
     """The labels of the sidebar's page links (``ui.view.page``; Streamlit's own list is switched off)."""
-    texts = page.get_by_test_id("stSidebar").get_by_test_id("stPageLink-NavLink").all_inner_texts()
+    links = page.get_by_test_id("stSidebar").get_by_test_id("stPageLink-NavLink")
+    links.nth(3).wait_for(timeout=60_000)  # drawn by the page's script, maybe after the first text
+    page.wait_for_timeout(500)
+    texts = links.all_inner_texts()
     return [t.strip().splitlines()[-1].strip() for t in texts]
 
 
