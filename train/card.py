@@ -127,9 +127,12 @@ def build_card(directory: Path) -> str:
            "`python -m train.card` from the files in `models/`.", "",
            "## Data", "",
            f"- {prov.get('dataset', 'UTKFace')}. Split (seeded, stratified by age bucket x gender, byte-identical "
-           f"duplicates kept on one side, file lists in `train/splits/`): "
+           f"duplicates kept on one side, file lists in `train/splits/utkface/`): "
            f"{prov.get('run', {}).get('n_train')} train, {prov.get('run', {}).get('n_val')} validation, "
            f"{prov.get('run', {}).get('n_test')} test images.",
+           "- All-Age-Faces (AAF; mostly East Asian, many children and people over 60), split the same way "
+           "(`train/splits/aaf/`), is used where a stage below names it, and for the evaluation beyond "
+           "UTKFace.",
            "- Ages are apparent ages as annotated; gender is UTKFace's binary label; race labels (White, "
            "Black, Asian, Indian, Others) are used only for the per-group evaluation and as an auxiliary "
            "target while training the shared backbone.", "",
@@ -154,9 +157,12 @@ def build_card(directory: Path) -> str:
             label = f"{task} model" + (f", stage {k}" if len(stages) > 1 else "")
             crop = ("the app's crop (MTCNN landmarks of each chip)" if stage.get("crop") == "aligned"
                     else "the chips as given")
+            data = ", ".join(stage.get("datasets") or {}) or "utkface"
+            images = f", {stage['epoch_images']} images per epoch" if stage.get("epoch_images") else ""
+            augment = stage.get("augment", "basic")  # runs from before --augment used the basic recipe
             out.append(f"- {label}: {stage.get('init_note')}; blocks 1-{stage.get('freeze_blocks')} frozen; "
-                       f"schedule `{stage.get('schedule')}`, peak lr {stage.get('lr')}, policy {stage.get('policy')}; "
-                       f"trained on {crop}.")
+                       f"schedule `{stage.get('schedule')}`{images}, peak lr {stage.get('lr')}, policy "
+                       f"{stage.get('policy')}; data {data}, `--augment {augment}`; trained on {crop}.")
     for task, h in hist.items():
         out.append(f"- Training history `{task}`: {h['epochs']} epochs at sizes {h.get('sizes')}, "
                    f"{h.get('train_minutes')} min, median {h.get('images_per_s')} training images/s "
