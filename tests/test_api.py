@@ -242,3 +242,32 @@ def test_load_bench_accepts_only_200_and_503_busy():
     assert not judge(503, text="Service Unavailable", headers={"Retry-After": "1"})[0].ok
     assert not judge(500, text="Internal Server Error")[0].ok
     assert not judge(200, {"faces": "none"})[0].ok
+
+
+def test_loading_the_models_does_not_block_other_requests(tmp_path, monkeypatch, astronaut_jpeg):
+    """The first analyze request loads the models off the event loop: while it waits, another request (here an
+    empty body, refused before any model is needed) is still answered."""
+    import threading
+
+    import core.api
+    from core.errors import ModelNotFound
+
+    release, entered, returned = threading.Event(), threading.Event(), threading.Event()
+
+    def slow_prepare(_models_dir=None, **_kw):
+        entered.set()
+        release.wait(20)  # on the event loop, this would hold every other request for 20 s
+        returned.set()
+        raise ModelNotFound("no models in this test")
+
+    monkeypatch.setattr(core.api, "prepare", slow_prepare)
+    with TestClient(create_app(tmp_path)) as client, ThreadPoolExecutor(1) as pool:
+        first = pool.submit(client.post, "/v1/analyze", content=astronaut_jpeg)
+        assert entered.wait(60)
+        try:
+            other = client.post("/v1/analyze", content=b"", headers={"content-type": "application/octet-stream"})
+            assert other.status_code == 400 and not returned.is_set()  # answered while the load still waits
+        finally:
+            release.set()
+        r = first.result(timeout=60)
+        assert r.status_code == 503 and r.json()["error"] == "models_missing"
