@@ -116,7 +116,7 @@ def passes_ab(repeats: int) -> dict:
     stages = detect.get_detector().stages
     ours = [stage._model for stage in stages]
     in_tf = [ours[0]] + [tf.function(stage.model, reduce_retracing=True, autograph=False)
-                         for stage in _stock_stages()[1:]]
+                         for stage in detect.new_mtcnn().stages[1:]]
     fraction = detect.LARGE_FACE_FRACTION
     # An infinite "large" face: the second pass never runs.
     variants = {"before": (float("inf"), in_tf), "one": (float("inf"), ours), "two": (fraction, ours)}
@@ -149,18 +149,6 @@ def passes_ab(repeats: int) -> dict:
         for stage, net in zip(stages, ours):
             stage._model = net
     return out
-
-
-def _stock_stages():
-    import keras
-    from mtcnn import MTCNN
-
-    policy = keras.mixed_precision.global_policy()
-    keras.mixed_precision.set_global_policy("float32")
-    try:
-        return MTCNN(device="CPU:0").stages
-    finally:
-        keras.mixed_precision.set_global_policy(policy)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -150,9 +150,7 @@ class LiteNet:
         interpreter, index, outputs = self._interpreter(tuple(x.shape))
         interpreter.set_tensor(index, x)
         interpreter.invoke()
-        if self.patch is None:
-            return [tf.convert_to_tensor(interpreter.get_tensor(i)) for i in outputs]
-        return [tf.convert_to_tensor(interpreter.get_tensor(i)[:n]) for i in outputs]
+        return [tf.convert_to_tensor(interpreter.get_tensor(i)[:n]) for i in outputs]  # padding rows dropped
 
 
 def mtcnn_cache_name(net: str = "pnet") -> str:
@@ -169,6 +167,23 @@ def mtcnn_cache_name(net: str = "pnet") -> str:
     return f"mtcnn-{version('mtcnn')}-{net}-{digest}-tf{tf.__version__}.tflite"
 
 
+def new_mtcnn():
+    """A new ``mtcnn.MTCNN`` as the package builds it (its networks in Keras, eager), in float32.
+
+    MTCNN's networks are float32 Keras models: built under a global mixed_bfloat16 policy (as in training)
+    they would compute in bf16, and mtcnn's box code then fails on bf16 arrays. The policy is restored after.
+    """
+    import keras
+    from mtcnn import MTCNN
+
+    policy = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy("float32")
+    try:
+        return MTCNN(device="CPU:0")
+    finally:
+        keras.mixed_precision.set_global_policy(policy)
+
+
 @lru_cache(maxsize=1)
 def get_detector():
     """The process-wide MTCNN instance (weights ship inside the ``mtcnn`` package).
@@ -177,19 +192,11 @@ def get_detector():
     otherwise (or where a conversion fails) as ``tf.function``s: mtcnn 1.0 calls its networks eagerly, once
     per pyramid level, which made them about 4x slower at 240p and 1.5x at 1080p (python -m bench).
     """
-    import keras
     import tensorflow as tf
-    from mtcnn import MTCNN
 
-    # MTCNN's networks are float32 Keras models: built under a global mixed_bfloat16 policy (as in training)
-    # they would compute in bf16, and mtcnn's box code then fails on bf16 arrays.
-    policy = keras.mixed_precision.global_policy()
-    keras.mixed_precision.set_global_policy("float32")
-    try:
-        detector = MTCNN(device="CPU:0")
-    finally:
-        keras.mixed_precision.set_global_policy(policy)
     from core import lite
+
+    detector = new_mtcnn()
 
     use_lite = lite.enabled()
     for stage, (net, patch) in zip(detector.stages, MTCNN_NETS, strict=True):

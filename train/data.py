@@ -143,12 +143,17 @@ def age_bins(ages: np.ndarray) -> np.ndarray:
     return (np.minimum(ages, BALANCE_LAST_BIN) // BALANCE_BIN_YEARS).astype(np.int64)
 
 
+def check_age_balance(balance: float) -> None:
+    """Raise ``ValueError`` unless ``balance`` (``--age-balance``) is in [0, 1]."""
+    if not 0.0 <= balance <= 1.0:
+        raise ValueError(f"age balance must be in [0, 1], got {balance}")
+
+
 def bin_shares(bins: np.ndarray, balance: float) -> dict[int, float]:
     """Sampling share of each age bin for ``balance`` in [0, 1]: a bin of n images gets a share proportional
     to ``n ** (1 - balance)``. 0 keeps the data's own age mix (each image equally often), 1 shows every bin
     equally often, 0.5 is in between (square-root balancing). Shares sum to 1."""
-    if not 0.0 <= balance <= 1.0:
-        raise ValueError(f"age balance must be in [0, 1], got {balance}")
+    check_age_balance(balance)
     values, counts = np.unique(np.asarray(bins), return_counts=True)
     mass = counts.astype(np.float64) ** (1.0 - balance)
     return {int(v): float(m / mass.sum()) for v, m in zip(values, mass)}
@@ -506,13 +511,14 @@ def make_mixed_dataset(parts: Mapping[str, tuple[np.ndarray, object]], *, batch_
     targets, sample_weights = _with_race_mask(_concat([parts[k][1] for k in names]))
     columns = tf.nest.map_structure(tf.constant, (targets,) if sample_weights is None else (targets, sample_weights))
     offsets = np.cumsum([0] + [sizes[k] for k in names])
-    streams = [tf.data.Dataset.range(offsets[i], offsets[i + 1]).shuffle(
-        sizes[k], seed=seed + i, reshuffle_each_iteration=True) for i, k in enumerate(names)]
     if age_balance:
         if ages is None or set(ages) != set(names):
             raise ValueError("age balancing needs the ages of every dataset's images")
         streams = [_balanced_stream(np.asarray(ages[k]), int(offsets[i]), age_balance, seed + 100 * (i + 1))
                    for i, k in enumerate(names)]
+    else:
+        streams = [tf.data.Dataset.range(offsets[i], offsets[i + 1]).shuffle(
+            sizes[k], seed=seed + i, reshuffle_each_iteration=True) for i, k in enumerate(names)]
     if len(names) == 1 and total == sizes[names[0]] and not age_balance:
         index = streams[0]
     else:

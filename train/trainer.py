@@ -43,6 +43,7 @@ from core.models import DEFAULT_MODELS_DIR, MODEL_FILES, predict_crops
 from train.augment import AUGMENTATIONS
 from train.data import (
     Source,
+    check_age_balance,
     dataset_weights,
     describe_dataset,
     labels,
@@ -447,8 +448,7 @@ def train(args: argparse.Namespace) -> dict:
     epoch_images = args.epoch_images or len(train_s)
     if epoch_images < 1:
         raise ValueError(f"--epoch-images must be positive, got {epoch_images}")
-    if not 0.0 <= args.age_balance <= 1.0:
-        raise ValueError(f"--age-balance must be between 0 and 1, got {args.age_balance}")
+    check_age_balance(args.age_balance)  # before any chip is loaded
     steps_per_epoch = math.ceil(epoch_images / args.batch_size)
 
     config = {
@@ -515,7 +515,7 @@ def train(args: argparse.Namespace) -> dict:
                                           store=src.landmarks_file), labels(split[part], args.task))
         train_ds = make_mixed_dataset(train_parts, batch_size=args.batch_size, weights=weights, seed=args.seed,
                                       augment=args.augment, examples_per_epoch=epoch_images,
-                                      ages={k: np.array([s.age for s in v["train"]]) for k, v in splits.items()},
+                                      ages={k: labels(v["train"], "age") for k, v in splits.items()},
                                       age_balance=args.age_balance)
         val_ds = make_dataset(np.concatenate([x for x, _ in val_parts.values()]), labels(val_s, args.task),
                               batch_size=args.batch_size, training=False)

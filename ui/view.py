@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 from PIL import Image
+from streamlit.errors import StreamlitPageNotFoundError
 
 import core
 from core.draw import annotate, shrink
@@ -71,7 +72,7 @@ def model_loader(directory: str) -> ModelLoader:
 
 #: The app's pages in sidebar order: script (relative to ``streamlit_app.py``), label, icon. Streamlit would
 #: name the entry page after its file ("streamlit app"), so its own list is switched off
-#: (``client.showSidebarNavigation = false`` in ``.streamlit/config.toml``) and :func:`navigation` draws this one.
+#: (``client.showSidebarNavigation = false`` in ``.streamlit/config.toml``) and :func:`page` draws this one.
 PAGES = (  # Material icons: drawn by Streamlit's own font, where a system may have no emoji font
     ("streamlit_app.py", "Home", ":material/home:"),
     ("pages/1_Photo_upload.py", "Photo upload", ":material/upload:"),
@@ -83,8 +84,6 @@ PAGES = (  # Material icons: drawn by Streamlit's own font, where a system may h
 def page(title: str, icon: str) -> None:
     """Every page's first call: the browser tab's title and icon, and the sidebar's list of pages."""
     st.set_page_config(page_title=f"{title} · Age & gender", page_icon=icon, layout="wide")
-    from streamlit.errors import StreamlitPageNotFoundError
-
     with st.sidebar:
         for script, label, page_icon in PAGES:
             try:
