@@ -192,6 +192,9 @@ def get_detector():
     otherwise (or where a conversion fails) as ``tf.function``s: mtcnn 1.0 calls its networks eagerly, once
     per pyramid level, which made them about 4x slower at 240p and 1.5x at 1080p (python -m bench).
     """
+    from core.hardware import import_tensorflow
+
+    import_tensorflow()  # maybe while the models load in another thread (core.pipeline.prepare)
     import tensorflow as tf
 
     from core import lite

@@ -3,8 +3,23 @@
 from __future__ import annotations
 
 import os
+import threading
 from functools import lru_cache
 from pathlib import Path
+
+_import_lock = threading.Lock()
+
+
+def import_tensorflow() -> None:
+    """Import TensorFlow and Keras, one thread at a time.
+
+    The detector and the models load in two threads at once (:func:`core.pipeline.prepare`). When both
+    import TensorFlow for the first time together, Python's import deadlock avoidance hands one of them a
+    half-initialised module (seen in a fresh clone: "module 'tensorflow.python.data.ops.dataset_ops' has no
+    attribute 'DatasetV2'"). Every first import of TensorFlow or Keras in ``core`` goes through here."""
+    with _import_lock:
+        import keras  # noqa: F401 - imports TensorFlow, its backend
+        import tensorflow  # noqa: F401
 
 
 def _read_cpuinfo() -> str:
@@ -47,6 +62,7 @@ def bf16_policy_available() -> bool:
     """Whether ``mixed_bfloat16`` will be fast here: a bf16 CPU or any visible GPU."""
     if cpu_supports_bf16():
         return True
+    import_tensorflow()
     import tensorflow as tf
 
     return bool(tf.config.list_physical_devices("GPU"))

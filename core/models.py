@@ -254,6 +254,9 @@ def model_paths(directory: Path) -> dict[str, Path]:
 
 
 def _keras_networks(paths: dict[str, Path], precision: str) -> Networks:
+    from core.hardware import import_tensorflow
+
+    import_tensorflow()  # maybe while the detector thread imports it too
     trunks, heads, digests = {}, {}, {}
     for task, path in paths.items():
         model = load_keras_model(path)
