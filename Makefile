@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: run test lint install install-dev clean models bench generalisation reliability
+.PHONY: run test lint install install-dev clean models bench generalisation reliability export
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -20,7 +20,15 @@ $(VENV)/.dev: requirements.txt requirements-dev.txt $(VENV)/.runtime
 install: $(VENV)/.runtime
 install-dev: $(VENV)/.dev
 
-run: install
+# The inference export of each shipped model (OpenVINO IR next to the .h5, see README "How it works"): made once
+# here, from the committed .h5, not at every start; redone when the .h5 changes. core checks its sha256 and falls
+# back to the .h5 if the export is missing or stale, so a failed export only costs speed.
+EXPORTS := models/age_model.export.json models/gender_model.export.json
+export: $(EXPORTS)
+models/%_model.export.json: models/%_model.h5 | $(VENV)/.runtime
+	$(BIN)/python -m train.export --tasks $* || echo "warning: no inference export for $*; the app runs the .h5"
+
+run: install export
 	$(BIN)/streamlit run streamlit_app.py
 
 lint: install-dev
