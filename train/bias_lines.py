@@ -1,0 +1,105 @@
+"""Could a straight line on the age output undo the over-ageing of children? Fitted on validation, scored on test.
+
+    python -m train.evaluate --data-dir ../shared/data/utkface --split val --detect --json val_utk.json
+    python -m train.evaluate --data-dir ../shared/data/aaf --split val --detect --json val_aaf.json
+    (and the same with --split test)
+    python -m train.bias_lines --val val_utk.json val_aaf.json --test test_utk.json test_aaf.json
+
+Reads the per-image predictions that ``train.evaluate --json`` writes (one file per dataset, the same datasets
+in the same order for ``--val`` and ``--test``). For each line ``age' = scale * age + offset`` it prints, per test
+set, the age MAE, the mean signed error under 20 and the mean signed error per age bucket: the model as it is,
+the least-absolute-deviations line on the union of the validation sets (what ``train.calibrate`` folds into the
+model), and for each ``--bias-limit`` the line with the lowest validation MAE whose mean signed error under 20
+is within that limit on every validation set. A line can be folded into the age head (``train.calibrate``), so
+what this measures is whether calibration alone could meet a bias target, and at what cost in MAE.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from train.calibrate import fit_affine_l1
+
+#: Buckets of the signed-error columns: (low, high) in years, high excluded.
+BUCKETS = ((0, 5), (5, 10), (10, 15), (15, 20), (20, 40), (40, 60), (60, 200))
+
+
+def read_predictions(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(true ages, predicted ages) of every scored image in a ``train.evaluate --json`` file."""
+    rows = json.loads(Path(path).read_text())["predictions"]
+    return (np.array([r["age"] for r in rows], np.float64), np.array([r["pred_age"] for r in rows], np.float64))
+
+
+def bias_under(true: np.ndarray, pred: np.ndarray, age: float = 20.0) -> float:
+    """Mean signed error (predicted - true) of the faces younger than ``age``; NaN when there are none."""
+    young = true < age
+    return float(np.mean(pred[young] - true[young])) if young.any() else float("nan")
+
+
+def constrained_line(sets: list[tuple[np.ndarray, np.ndarray]], limit: float, *,
+                     scales: np.ndarray | None = None, offsets: np.ndarray | None = None
+                     ) -> tuple[float, float, float] | None:
+    """``(scale, offset, pooled MAE)`` of the grid line with the lowest MAE on all ``sets`` pooled, among those
+    whose bias under 20 is within ``limit`` years on every set; None when no line of the grid is."""
+    scales = np.arange(0.9, 1.4001, 0.01) if scales is None else scales
+    offsets = np.arange(-12.0, 4.0001, 0.1) if offsets is None else offsets
+    true = np.concatenate([t for t, _ in sets])
+    pred = np.concatenate([p for _, p in sets])
+    best = None
+    for s in scales:
+        for o in offsets:
+            if max(abs(bias_under(t, s * p + o)) for t, p in sets) > limit:
+                continue
+            mae = float(np.mean(np.abs(s * pred + o - true)))
+            if best is None or mae < best[2]:
+                best = (float(s), float(o), mae)
+    return best
+
+
+def score(true: np.ndarray, pred: np.ndarray) -> dict:
+    """MAE, bias under 20 and the mean signed error per bucket of :data:`BUCKETS` (None where empty)."""
+    err = pred - true
+    buckets = {}
+    for lo, hi in BUCKETS:
+        inside = (true >= lo) & (true < hi)
+        buckets[f"{lo}-{hi - 1 if hi < 200 else ''}"] = float(np.mean(err[inside])) if inside.any() else None
+    return {"mae": float(np.mean(np.abs(err))), "bias_under_20": bias_under(true, pred), "bias": buckets}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m train.bias_lines", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--val", type=Path, nargs="+", required=True, help="train.evaluate --json files, validation")
+    parser.add_argument("--test", type=Path, nargs="+", required=True, help="the same datasets' test files")
+    parser.add_argument("--bias-limit", type=float, nargs="+", default=[3.0, 2.0, 1.5, 1.0])
+    args = parser.parse_args(argv)
+    if len(args.val) != len(args.test):
+        print("error: give one --val and one --test file per dataset, in the same order", file=sys.stderr)
+        return 2
+    val = [read_predictions(p) for p in args.val]
+    test = [read_predictions(p) for p in args.test]
+    lines = [("as it is", 1.0, 0.0)]
+    s, o = fit_affine_l1(np.concatenate([p for _, p in val]), np.concatenate([t for t, _ in val]))
+    lines.append(("least absolute deviations on validation", s, o))
+    for limit in args.bias_limit:
+        found = constrained_line(val, limit)
+        if found is None:
+            print(f"no line of the grid keeps the bias under 20 within {limit} on every validation set")
+            continue
+        lines.append((f"lowest validation MAE with |bias under 20| <= {limit} (val MAE {found[2]:.3f})", *found[:2]))
+    for name, s, o in lines:
+        print(f"{name}: age' = {s:.3f} x age {o:+.2f}")
+        for path, (t, p) in zip(args.test, test):
+            r = score(t, s * p + o)
+            cells = " ".join(f"{k} {v:+.1f}" for k, v in r["bias"].items() if v is not None)
+            print(f"  {path.name}: MAE {r['mae']:.3f}, bias under 20 {r['bias_under_20']:+.2f} | {cells}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
