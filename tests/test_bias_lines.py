@@ -7,15 +7,23 @@ import json
 import numpy as np
 import pytest
 
-from train.bias_lines import bias_under, constrained_line, main, score
+from train.bias_lines import bias_under, constrained_line, main
 
 
-def test_score_equals_a_hand_computation():
-    r = score(np.array([10.0, 30.0, 3.0]), np.array([13.0, 28.0, 4.0]))
-    assert r["mae"] == pytest.approx(2.0)  # (3 + 2 + 1) / 3
-    assert r["bias_under_20"] == pytest.approx(2.0)  # (+3 + 1) / 2
-    assert r["bias"]["0-4"] == pytest.approx(1.0) and r["bias"]["10-14"] == pytest.approx(3.0)
-    assert r["bias"]["20-39"] == pytest.approx(-2.0) and r["bias"]["60-"] is None
+def write_predictions(path, true, pred) -> None:
+    rows = [{"file": f"{i}.jpg", "age": float(a), "pred_age": float(p), "gender": i % 2, "p_female": 0.5}
+            for i, (a, p) in enumerate(zip(true, pred))]
+    path.write_text(json.dumps({"predictions": rows}))
+
+
+def test_the_model_as_it_is_scores_as_a_hand_computation(tmp_path, capsys):
+    write_predictions(tmp_path / "t.json", [10, 30, 3], [13, 28, 4])
+    assert main(["--val", str(tmp_path / "t.json"), "--test", str(tmp_path / "t.json"), "--bias-limit", "9"]) == 0
+    as_it_is = capsys.readouterr().out.splitlines()[1]
+    assert "MAE 2.000" in as_it_is  # (3 + 2 + 1) / 3
+    assert "bias under 20 +2.00" in as_it_is  # (+3 + 1) / 2
+    assert "0-4 +1.0" in as_it_is and "10-14 +3.0" in as_it_is and "30-39 -2.0" in as_it_is
+    assert "60-69" not in as_it_is  # no face there
 
 
 def test_a_compressed_model_is_undone_by_the_constrained_line():
@@ -32,9 +40,9 @@ def test_a_compressed_model_is_undone_by_the_constrained_line():
 
 
 def test_cli_reads_evaluate_json(tmp_path, capsys):
-    rows = [{"file": f"{a}.jpg", "age": a, "pred_age": a / 1.25 + 6.0} for a in range(1, 81)]
+    ages = np.arange(1.0, 81.0)
     for name in ("val.json", "test.json"):
-        (tmp_path / name).write_text(json.dumps({"predictions": rows}))
+        write_predictions(tmp_path / name, ages, ages / 1.25 + 6.0)
     assert main(["--val", str(tmp_path / "val.json"), "--test", str(tmp_path / "test.json"),
                  "--bias-limit", "0.05"]) == 0
     out = capsys.readouterr().out

@@ -7,10 +7,10 @@
 
 Reads the per-image predictions that ``train.evaluate --json`` writes (one file per dataset, the same datasets
 in the same order for ``--val`` and ``--test``). For each line ``age' = scale * age + offset`` it prints, per test
-set, the age MAE, the mean signed error under 20 and the mean signed error per age bucket: the model as it is,
-the least-absolute-deviations line on the union of the validation sets (what ``train.calibrate`` folds into the
-model), and for each ``--bias-limit`` the line with the lowest validation MAE whose mean signed error under 20
-is within that limit on every validation set. A line can be folded into the age head (``train.calibrate``), so
+set, the age MAE, the mean signed error under 20 and per age bucket (``train.evaluate.compute_metrics``): the
+model as it is, the least-absolute-deviations line on the union of the validation sets (what ``train.calibrate``
+folds into the model), and for each ``--bias-limit`` the line with the lowest validation MAE whose mean signed
+error under 20 is within that limit on every validation set. A line can be folded into the age head (``train.calibrate``), so
 what this measures is whether calibration alone could meet a bias target, and at what cost in MAE.
 """
 
@@ -24,15 +24,14 @@ from pathlib import Path
 import numpy as np
 
 from train.calibrate import fit_affine_l1
-
-#: Buckets of the signed-error columns: (low, high) in years, high excluded.
-BUCKETS = ((0, 5), (5, 10), (10, 15), (15, 20), (20, 40), (40, 60), (60, 200))
+from train.evaluate import compute_metrics
 
 
-def read_predictions(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """(true ages, predicted ages) of every scored image in a ``train.evaluate --json`` file."""
+def read_predictions(path: Path) -> dict[str, np.ndarray]:
+    """``age``, ``pred_age``, ``gender`` and ``p_female`` of every scored image in a ``train.evaluate --json``
+    file, one array each."""
     rows = json.loads(Path(path).read_text())["predictions"]
-    return (np.array([r["age"] for r in rows], np.float64), np.array([r["pred_age"] for r in rows], np.float64))
+    return {key: np.array([r[key] for r in rows], np.float64) for key in ("age", "pred_age", "gender", "p_female")}
 
 
 def bias_under(true: np.ndarray, pred: np.ndarray, age: float = 20.0) -> float:
@@ -61,16 +60,6 @@ def constrained_line(sets: list[tuple[np.ndarray, np.ndarray]], limit: float, *,
     return best
 
 
-def score(true: np.ndarray, pred: np.ndarray) -> dict:
-    """MAE, bias under 20 and the mean signed error per bucket of :data:`BUCKETS` (None where empty)."""
-    err = pred - true
-    buckets = {}
-    for lo, hi in BUCKETS:
-        inside = (true >= lo) & (true < hi)
-        buckets[f"{lo}-{hi - 1 if hi < 200 else ''}"] = float(np.mean(err[inside])) if inside.any() else None
-    return {"mae": float(np.mean(np.abs(err))), "bias_under_20": bias_under(true, pred), "bias": buckets}
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m train.bias_lines", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -81,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     if len(args.val) != len(args.test):
         print("error: give one --val and one --test file per dataset, in the same order", file=sys.stderr)
         return 2
-    val = [read_predictions(p) for p in args.val]
+    val = [(v["age"], v["pred_age"]) for v in map(read_predictions, args.val)]
     test = [read_predictions(p) for p in args.test]
     lines = [("as it is", 1.0, 0.0)]
     s, o = fit_affine_l1(np.concatenate([p for _, p in val]), np.concatenate([t for t, _ in val]))
@@ -94,10 +83,10 @@ def main(argv: list[str] | None = None) -> int:
         lines.append((f"lowest validation MAE with |bias under 20| <= {limit} (val MAE {found[2]:.3f})", *found[:2]))
     for name, s, o in lines:
         print(f"{name}: age' = {s:.3f} x age {o:+.2f}")
-        for path, (t, p) in zip(args.test, test):
-            r = score(t, s * p + o)
-            cells = " ".join(f"{k} {v:+.1f}" for k, v in r["bias"].items() if v is not None)
-            print(f"  {path.name}: MAE {r['mae']:.3f}, bias under 20 {r['bias_under_20']:+.2f} | {cells}")
+        for path, t in zip(args.test, test):
+            m = compute_metrics(t["age"], s * t["pred_age"] + o, t["gender"], t["p_female"])
+            cells = " ".join(f"{k} {b['age_bias']:+.1f}" for k, b in m["per_age_bucket"].items() if b["n"])
+            print(f"  {path.name}: MAE {m['age_mae']:.3f}, bias under 20 {m['under_20']['age_bias']:+.2f} | {cells}")
     return 0
 
 
