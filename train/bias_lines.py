@@ -10,8 +10,9 @@ in the same order for ``--val`` and ``--test``). For each line ``age' = scale * 
 set, the age MAE, the mean signed error under 20 and per age bucket (``train.evaluate.compute_metrics``): the
 model as it is, the least-absolute-deviations line on the union of the validation sets (what ``train.calibrate``
 folds into the model), and for each ``--bias-limit`` the line with the lowest validation MAE whose mean signed
-error under 20 is within that limit on every validation set. A line can be folded into the age head (``train.calibrate``), so
-what this measures is whether calibration alone could meet a bias target, and at what cost in MAE.
+error under 20 is within that limit on every validation set. A line can be folded into the age head
+(``train.calibrate``), so what this measures is whether calibration alone could meet a bias target, and at
+what cost in MAE.
 """
 
 from __future__ import annotations
