@@ -109,6 +109,9 @@ def _history_summary(path: Path) -> dict:
     return out
 
 
+_DATASET_NAMES = {"utkface": "UTKFace", "aaf": "All-Age-Faces"}
+
+
 def build_card(directory: Path) -> str:
     info = load_model_info(directory)
     age = info.metadata.get("age", {})
@@ -120,6 +123,10 @@ def build_card(directory: Path) -> str:
     if (directory / "multitask_run.json").is_file():
         backbone = json.loads((directory / "multitask_run.json").read_text())
     prov = age.get("provenance", {})
+    names = [Path(d).name for d in backbone.get("data_dirs") or [backbone.get("data_dir", "utkface")]]
+    backbone_data = " + ".join(_DATASET_NAMES.get(n, n) for n in names) + (" alone" if len(names) == 1 else "")
+    used = (prov.get("run") or {}).get("datasets") or {"utkface": {}}
+    split_dirs = ", ".join(f"`train/splits/{n}/`" for n in sorted(used))
     out = ["# Model card: age and gender estimation", "",
            "Two Keras models on the VGGFace VGG16 architecture (`core/vggface.py`, rcmalli layer names), trained "
            "separately: `age_model.h5` (linear output in years, MSE loss) and `gender_model.h5` (sigmoid "
@@ -127,7 +134,7 @@ def build_card(directory: Path) -> str:
            "`python -m train.card` from the files in `models/`.", "",
            "## Data", "",
            f"- {prov.get('dataset', 'UTKFace')}. Split (seeded, stratified by age bucket x gender, byte-identical "
-           f"duplicates kept on one side, file lists in `train/splits/utkface/`): "
+           f"duplicates kept on one side, file lists in {split_dirs}): "
            f"{prov.get('run', {}).get('n_train')} train, {prov.get('run', {}).get('n_val')} validation, "
            f"{prov.get('run', {}).get('n_test')} test images.",
            "- All-Age-Faces (AAF; mostly East Asian, many children and people over 60), split the same way "
@@ -139,8 +146,9 @@ def build_card(directory: Path) -> str:
            "## Initialisation and training", "",
            "- **From scratch.** Pretrained VGGFace weights (rcmalli keras-vggface) could not be obtained on the "
            "training machine (no internet beyond package registries; keras-vggface does not import under Keras "
-           "3 and downloads its weights at run time). The backbone was therefore trained from scratch on UTKFace "
-           "alone, which is far less data than VGGFace's 2.6 M images; this is the main limit on accuracy. "
+           "3 and downloads its weights at run time). The backbone was therefore trained from scratch on "
+           f"{backbone_data}, which is far less data than VGGFace's 2.6 M images; this is the main limit on "
+           "accuracy. "
            "With real weights (`--init vggface`), the same pipeline would start from them.",
            "- Architecture: VGG16 convolutions with batch normalisation after each (He-normal init), global "
            "average pooling, dropout 0.3, one output layer per model.",
