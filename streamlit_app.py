@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from core.modelcard import load_model_info
+from core.modelcard import load_model_info, training_datasets
 from ui.view import loading_status, page, reliability_text, start_loading
 
 page("Home", "🙂")
@@ -40,7 +40,8 @@ else:
         f"{prov.get('run', {}).get('n_val', '?')} validation / {prov.get('run', {}).get('n_test', '?')} test "
         "images, duplicates kept on one side.\n"
         f"- **Initialisation:** {prov.get('initialisation', 'unknown')}. Pretrained VGGFace weights could not "
-        "be used where these models were trained, so the backbone was trained from scratch on UTKFace.\n"
+        f"be used where these models were trained, so the backbone was trained from scratch on "
+        f"{training_datasets(prov)}.\n"
         f"- **Input:** {age.get('input_size', '?')} px face crops framed like UTKFace chips; test-time flip.\n"
         "- Full model card: `models/MODEL_CARD.md`; curves and per-group errors: **Training history**."
     )
@@ -48,6 +49,8 @@ else:
     st.markdown(reliability_text(gender))
 
 rule_stored = info.available and bool(info.metadata.get("gender", {}).get("gender_reliability"))
+trained_on = (info.metadata.get("age", {}).get("provenance", {}).get("dataset")
+              or "UTKFace (non-commercial research licence)")
 st.header("Limits")
 st.markdown(
     "- Estimates **apparent** age from appearance, not documents; errors grow for the elderly and vary by group "
@@ -55,7 +58,7 @@ st.markdown(
     "- Gender is the dataset's **binary label** (as annotated in UTKFace), not anyone's identity; for children "
     + ("it is unreliable, and the app says *uncertain* there (above).\n" if rule_stored else
        "it is unreliable (no rule to show it as *uncertain* is stored with this gender model yet).\n") +
-    "- Trained on UTKFace (non-commercial research licence); not for decisions about people."
+    f"- Trained on {trained_on}; not for decisions about people."
 )
 
 st.header("Privacy")

@@ -24,6 +24,20 @@ RUNS_ENV = "AGEGENDER_RUNS_DIR"
 Generalisation = dict[str, dict[str, dict[str, dict[str, Any]]]]
 
 
+#: Display names of the dataset folders the loader knows (others are shown by their folder name).
+DATASET_NAMES = {"utkface": "UTKFace", "aaf": "All-Age-Faces"}
+
+
+def training_datasets(provenance: dict[str, Any]) -> str:
+    """The datasets a model learned from, for people ("UTKFace + All-Age-Faces"), from its metadata's
+    ``provenance``: the run's per-dataset record, else its single ``data_dir``; "UTKFace" when neither is there."""
+    run = provenance.get("run") or {}
+    names = list(run.get("datasets") or {}) or [Path(d).name for d in run.get("data_dirs") or []]
+    if not names and run.get("data_dir"):
+        names = [Path(run["data_dir"]).name]
+    names = sorted(names, key=lambda n: (n != "utkface", n)) or ["utkface"]
+    return " + ".join(DATASET_NAMES.get(n, n) for n in names)
+
 @dataclass
 class ModelInfo:
     directory: Path

@@ -326,3 +326,14 @@ def test_lineage_joins_the_backbone_and_every_stage(tmp_path):
                      "continued, stage 2 (age): 2 epochs", "64 → 96 px"]
     gender = charts.lineage_frame("gender", lineage("gender", tmp_path))
     assert gender.empty  # no gender run record: no lineage
+
+
+def test_training_datasets_names_what_the_models_learned_from():
+    from core.modelcard import training_datasets
+
+    mixed = {"run": {"datasets": {"aaf": {}, "utkface": {}}}}
+    assert training_datasets(mixed) == "UTKFace + All-Age-Faces"
+    assert training_datasets({"run": {"data_dirs": ["../shared/data/utkface", "/data/my_faces"]}}) == \
+        "UTKFace + my_faces"
+    assert training_datasets({"run": {"data_dir": "../shared/data/utkface"}}) == "UTKFace"
+    assert training_datasets({}) == "UTKFace"  # metadata from before datasets were recorded

@@ -14,7 +14,14 @@ from pathlib import Path
 
 import pandas as pd
 
-from core.modelcard import Generalisation, degradation_rows, generalisation_rows, load_model_info, run_stages
+from core.modelcard import (
+    Generalisation,
+    degradation_rows,
+    generalisation_rows,
+    load_model_info,
+    run_stages,
+    training_datasets,
+)
 from core.models import models_dir
 
 RUNS = Path(__file__).resolve().parent.parent / "runs"
@@ -109,8 +116,6 @@ def _history_summary(path: Path) -> dict:
     return out
 
 
-_DATASET_NAMES = {"utkface": "UTKFace", "aaf": "All-Age-Faces"}
-
 
 def build_card(directory: Path) -> str:
     info = load_model_info(directory)
@@ -123,8 +128,7 @@ def build_card(directory: Path) -> str:
     if (directory / "multitask_run.json").is_file():
         backbone = json.loads((directory / "multitask_run.json").read_text())
     prov = age.get("provenance", {})
-    names = [Path(d).name for d in backbone.get("data_dirs") or [backbone.get("data_dir", "utkface")]]
-    backbone_data = " + ".join(_DATASET_NAMES.get(n, n) for n in names) + (" alone" if len(names) == 1 else "")
+    backbone_data = training_datasets({"run": backbone}) if backbone else training_datasets(prov)
     used = (prov.get("run") or {}).get("datasets") or {"utkface": {}}
     split_dirs = ", ".join(f"`train/splits/{n}/`" for n in sorted(used))
     out = ["# Model card: age and gender estimation", "",
