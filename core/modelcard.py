@@ -38,6 +38,7 @@ def training_datasets(provenance: dict[str, Any]) -> str:
     names = sorted(names, key=lambda n: (n != "utkface", n)) or ["utkface"]
     return " + ".join(DATASET_NAMES.get(n, n) for n in names)
 
+
 @dataclass
 class ModelInfo:
     directory: Path

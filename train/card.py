@@ -116,7 +116,6 @@ def _history_summary(path: Path) -> dict:
     return out
 
 
-
 def build_card(directory: Path) -> str:
     info = load_model_info(directory)
     age = info.metadata.get("age", {})
