@@ -22,7 +22,15 @@ import numpy as np
 
 from core.errors import ModelNotFound
 from core.reliability import GenderReliability
-from core.runtime import Network, openvino_network, part_path, runtime_choice, usable_export, weights_digest
+from core.runtime import (
+    Network,
+    measured_precision,
+    openvino_network,
+    part_path,
+    runtime_choice,
+    usable_export,
+    weights_digest,
+)
 from core.vggface import preprocess_input
 
 #: Folder with the shipped models; override with the AGEGENDER_MODELS_DIR environment variable.
@@ -82,14 +90,20 @@ MAX_AGE = 120.0
 FLOAT32_LAYERS = ("age_dense", "age", "gender", "race")
 
 
+def precision_override() -> str | None:
+    """``AGEGENDER_PRECISION`` when it names a precision (``float32``/``bfloat16``), else None (``auto``)."""
+    choice = os.environ.get("AGEGENDER_PRECISION", "auto").strip().lower()
+    return choice if choice in ("float32", "bfloat16") else None
+
+
 def inference_precision() -> str:
-    """``bfloat16`` where the CPU has native bf16 math, else ``float32``; AGEGENDER_PRECISION overrides."""
+    """``bfloat16`` where the CPU has native bf16 math, else ``float32``; AGEGENDER_PRECISION overrides.
+
+    This is the Keras path's precision; the export measures which of the two is faster on such a CPU
+    (:func:`core.runtime.measured_precision`)."""
     from core.hardware import cpu_supports_bf16
 
-    choice = os.environ.get("AGEGENDER_PRECISION", "auto").lower()
-    if choice in ("float32", "bfloat16"):
-        return choice
-    return "bfloat16" if cpu_supports_bf16() else "float32"
+    return precision_override() or ("bfloat16" if cpu_supports_bf16() else "float32")
 
 
 def inference_copy(model, *, bfloat16: bool = False):
@@ -269,24 +283,27 @@ def _keras_networks(paths: dict[str, Path], precision: str) -> Networks:
     return Networks("keras", precision, trunks, heads)
 
 
-def _export_networks(paths: dict[str, Path], records: dict[str, dict[str, Any]]) -> Networks:
+def _export_networks(paths: dict[str, Path], records: dict[str, dict[str, Any]], precision: str) -> Networks:
     """The exported parts (``records``: their checked sidecars); one trunk compiled where both are equal."""
     shared = records["age"]["trunk_sha256"] == records["gender"]["trunk_sha256"]
     trunks, heads = {}, {}
     for task, path in paths.items():
-        trunks[task] = trunks["age"] if shared and task == "gender" else openvino_network(part_path(path, "trunk"))
-        heads[task] = openvino_network(part_path(path, "head"))
-    return Networks("export", "float32", trunks, heads)
+        trunks[task] = (trunks["age"] if shared and task == "gender"
+                        else openvino_network(part_path(path, "trunk"), precision))
+        heads[task] = openvino_network(part_path(path, "head"), precision)
+    return Networks("export", precision, trunks, heads)
 
 
 @lru_cache(maxsize=4)
 def _cached_networks(directory: str, runtime: str, precision: str) -> Networks:
     paths = model_paths(Path(directory))
-    if runtime == "export" or (runtime == "auto" and precision == "float32"):
+    if runtime in ("export", "auto"):
         checked = {task: usable_export(path) for task, path in paths.items()}
         why = [reason for _, reason in checked.values() if reason]
         if not why:
-            return _export_networks(paths, {task: record for task, (record, _) in checked.items()})
+            if precision == "bfloat16" and precision_override() is None:  # a bf16 CPU: the faster, measured
+                precision = measured_precision(paths["age"])
+            return _export_networks(paths, {task: record for task, (record, _) in checked.items()}, precision)
         if runtime == "export":
             raise ModelNotFound(f"AGEGENDER_RUNTIME=export, but {why[0]}.")
     return _keras_networks(paths, precision)
@@ -295,8 +312,10 @@ def _cached_networks(directory: str, runtime: str, precision: str) -> Networks:
 def load_networks(directory: str | Path | None = None) -> Networks:
     """Both models' networks for ``directory``, once per process and runtime/precision setting.
 
-    The runtime is :func:`core.runtime.runtime_choice`'s: with ``auto``, the export where it is usable and
-    inference runs in float32 (a CPU without bf16 math, or AGEGENDER_PRECISION=float32), else Keras.
+    The runtime is :func:`core.runtime.runtime_choice`'s: with ``auto``, the export where it is usable, else
+    Keras. The export runs in float32 where the CPU has no bf16 math, and in whichever of float32 and bf16
+    measured faster where it has (:func:`core.runtime.measured_precision`); AGEGENDER_PRECISION decides
+    instead when set.
     """
     return _cached_networks(str(models_dir(directory).resolve()), runtime_choice(), inference_precision())
 

@@ -10,11 +10,16 @@ Keras needs TensorFlow's model loading, the batch-norm folding and tracing.
 
 ``AGEGENDER_RUNTIME`` chooses:
 
-- ``auto`` (default): the export where OpenVINO is importable, the sidecar's hash matches the ``.h5`` and
-  inference runs in float32; Keras where the CPU has bf16 math (its bf16 path is about twice as fast as any
-  float32 runtime there) or the export is missing or stale;
+- ``auto`` (default): the export where OpenVINO is importable and the sidecar's hash matches the ``.h5``;
+  Keras where the export is missing or stale;
 - ``keras``: always the ``.h5``;
 - ``export``: always the export; :class:`core.errors.ModelNotFound` says why where it cannot be used.
+
+The export runs in float32 on a CPU without bf16 math. On one with it, bf16 is not always the faster:
+measured on two such 2-core machines, OpenVINO's bf16 ran the models twice as fast as float32 on an AMD
+EPYC (Zen 4, AVX512-BF16) and 1.7x slower on an Intel Xeon with AVX512-BF16 but no AMX (README, "Speed").
+So there :func:`measured_precision` times both once, on the shipped model's own layers, and remembers the
+faster for this CPU in the cache folder. ``AGEGENDER_PRECISION=float32|bfloat16`` skips the measurement.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import hashlib
 import json
 import os
 import sys
+import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -118,8 +124,10 @@ def usable_export(model_path: Path) -> tuple[dict[str, Any] | None, str]:
     return record, ""
 
 
-def openvino_network(xml: Path) -> Network:
-    """One exported part compiled for the CPU in float32 (one stream, every core), called on a batch.
+def openvino_network(xml: Path, precision: str = "float32") -> Network:
+    """One exported part compiled for the CPU (one stream, every core), called on a batch; ``precision``:
+    ``float32``, or ``bfloat16`` (OpenVINO's bf16 inference, output layers kept in float32 by OpenVINO) where
+    the CPU has bf16 math.
 
     OpenVINO keeps the compiled network in the cache folder (:func:`core.lite.cache_dir`), which makes the
     next process's compilation several times faster.
@@ -129,7 +137,8 @@ def openvino_network(xml: Path) -> Network:
 
     ov = import_openvino()
 
-    config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY",
+    hint = "bf16" if precision == "bfloat16" else "f32"
+    config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": hint, "PERFORMANCE_HINT": "LATENCY",
                               "INFERENCE_NUM_THREADS": cpu_threads()}
     try:
         (cache_dir() / "openvino").mkdir(parents=True, exist_ok=True)
@@ -142,3 +151,72 @@ def openvino_network(xml: Path) -> Network:
         return request.infer({0: np.ascontiguousarray(x, np.float32)})[0].copy()
 
     return run
+
+
+#: The file in the cache folder (:func:`core.lite.cache_dir`) where :func:`measured_precision` keeps its
+#: measurements, one per CPU and OpenVINO version.
+PRECISION_FILE = "export_precision.json"
+PRECISIONS = ("float32", "bfloat16")
+
+
+def precision_key() -> str:
+    """What a precision measurement holds for: the CPU (model, cores, widest unit) and OpenVINO's version."""
+    from core.hardware import cpu_description, cpu_threads
+
+    return f"{cpu_description()}; {cpu_threads()} threads; openvino {runtime_version()}"
+
+
+def time_export(model_path: Path, *, rows: int = 16, rounds: int = 3) -> dict[str, float]:
+    """Seconds for one exported model (trunk + head) on ``rows`` inputs (its input size, from its metadata) in
+    each of :data:`PRECISIONS`: both compiled and warmed up first, then timed alternately ``rounds`` times,
+    the best run of each (another thread's work, such as the detector building at start-up, then slows both
+    alike)."""
+    try:
+        size = int(json.loads(model_path.with_suffix(".json").read_text())["input_size"])
+    except (OSError, ValueError, KeyError, TypeError):
+        size = 96
+    x = np.random.default_rng(0).normal(0.0, 60.0, (rows, size, size, 3)).astype(np.float32)
+    runs = {}
+    for precision in PRECISIONS:
+        trunk, head = (openvino_network(part_path(model_path, part), precision) for part in EXPORT_PARTS)
+        runs[precision] = lambda trunk=trunk, head=head: head(trunk(x))
+        runs[precision]()
+    best = {precision: float("inf") for precision in PRECISIONS}
+    for _ in range(rounds):
+        for precision, run in runs.items():
+            started = time.perf_counter()
+            run()
+            best[precision] = min(best[precision], time.perf_counter() - started)
+    return best
+
+
+def measured_precision(model_path: Path, *, measure: Callable[[Path], dict[str, float]] = time_export) -> str:
+    """``float32`` or ``bfloat16``, whichever ran the export of ``model_path`` faster on this CPU.
+
+    Measured once per CPU and OpenVINO version (:func:`precision_key`) by ``measure`` (:func:`time_export`,
+    about two seconds), and kept in :data:`PRECISION_FILE` in the cache folder with the times. A cache
+    folder that cannot be written only costs the measurement next time.
+    """
+    from core.lite import cache_dir
+
+    path = cache_dir() / PRECISION_FILE
+    key = precision_key()
+    try:
+        records = json.loads(path.read_text())
+        if not isinstance(records, dict):
+            records = {}
+    except (OSError, ValueError):
+        records = {}
+    known = records.get(key)
+    if isinstance(known, dict) and known.get("precision") in PRECISIONS:
+        return known["precision"]
+    seconds = measure(model_path)
+    choice = min(PRECISIONS, key=lambda p: seconds[p])  # a tie keeps float32 (the exact one)
+    records[key] = {"precision": choice, "seconds": {p: round(seconds[p], 4) for p in PRECISIONS},
+                    "model": model_path.name, "measured": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(records, indent=2))
+    except OSError:
+        pass
+    return choice

@@ -35,8 +35,11 @@ def copy_models(source: Path, target: Path) -> Path:
     return target
 
 
-def predictions(directory: Path, runtime: str, x: np.ndarray, monkeypatch) -> tuple[AgeGenderModels, dict]:
+def predictions(directory: Path, runtime: str, x: np.ndarray, monkeypatch,
+                precision: str = "float32") -> tuple[AgeGenderModels, dict]:
+    """Both models' outputs on ``x`` by ``runtime`` in ``precision`` (float32: the tolerances above hold)."""
     monkeypatch.setenv("AGEGENDER_RUNTIME", runtime)
+    monkeypatch.setenv("AGEGENDER_PRECISION", precision)
     models = AgeGenderModels(directory)
     pred = models.predict({x.shape[1]: x})
     return models, {"age": pred.ages, "gender": pred.female_probabilities}
@@ -65,12 +68,67 @@ def test_export_gives_the_h5_outputs_on_real_faces(tiny_models, astronaut, monke
         np.testing.assert_allclose(export_out[task], keras_out[task], atol=TOLERANCE[task], rtol=1e-5)
 
 
-def test_auto_uses_the_export_in_float32_only(tiny_models, monkeypatch):
+def test_auto_uses_the_export_in_either_precision(tiny_models, monkeypatch):
     monkeypatch.setenv("AGEGENDER_PRECISION", "float32")
-    assert AgeGenderModels(tiny_models).runtime == "export"
-    monkeypatch.setenv("AGEGENDER_PRECISION", "bfloat16")  # a CPU with bf16 math: Keras's bf16 path is faster
+    assert (AgeGenderModels(tiny_models).runtime, AgeGenderModels(tiny_models).precision) == ("export", "float32")
+    monkeypatch.setenv("AGEGENDER_PRECISION", "bfloat16")  # as asked: no measurement
     models = AgeGenderModels(tiny_models)
-    assert (models.runtime, models.precision) == ("keras", "bfloat16")
+    assert (models.runtime, models.precision) == ("export", "bfloat16")
+
+
+def _no_measurement(model_path):
+    raise AssertionError("measured although it should not have")
+
+
+@pytest.mark.parametrize("faster", ["float32", "bfloat16"])
+def test_on_a_bf16_cpu_auto_runs_the_export_in_the_precision_measured_faster(tiny_models, tmp_path, monkeypatch,
+                                                                            faster):
+    import core.hardware
+    import core.models
+    import core.runtime
+
+    monkeypatch.setenv("AGEGENDER_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("AGEGENDER_PRECISION", "auto")
+    monkeypatch.setattr(core.hardware, "cpu_supports_bf16", lambda: True)
+    calls = []
+
+    def measure(model_path):
+        calls.append(model_path.name)
+        return {"float32": 1.0, "bfloat16": 0.5} if faster == "bfloat16" else {"float32": 0.5, "bfloat16": 1.0}
+
+    monkeypatch.setattr(core.models, "measured_precision",
+                        lambda path: core.runtime.measured_precision(path, measure=measure))
+    core.models._cached_networks.cache_clear()
+    models = AgeGenderModels(tiny_models)
+    assert (models.runtime, models.precision) == ("export", faster)
+    core.models._cached_networks.cache_clear()
+    assert AgeGenderModels(tiny_models).precision == faster and calls == ["age_model.h5"]  # remembered
+    core.models._cached_networks.cache_clear()
+    monkeypatch.setattr(core.hardware, "cpu_supports_bf16", lambda: False)  # no bf16 math: never measured
+    assert AgeGenderModels(tiny_models).precision == "float32" and len(calls) == 1
+    core.models._cached_networks.cache_clear()
+
+
+def test_the_precision_measurement_is_kept_per_cpu_and_survives_an_unwritable_cache(tiny_models, tmp_path,
+                                                                                     monkeypatch):
+    import core.runtime
+    from core.runtime import PRECISION_FILE, measured_precision
+
+    monkeypatch.setenv("AGEGENDER_CACHE_DIR", str(tmp_path / "cache"))
+    model = tiny_models / MODEL_FILES["age"]
+    choice = measured_precision(model)  # a real measurement, on this CPU, of the tiny export
+    assert choice in ("float32", "bfloat16")
+    record = json.loads((tmp_path / "cache" / PRECISION_FILE).read_text())
+    (key, entry), = record.items()
+    assert key == core.runtime.precision_key() and entry["precision"] == choice
+    assert all(entry["seconds"][p] > 0 for p in ("float32", "bfloat16"))
+    assert measured_precision(model, measure=_no_measurement) == choice
+    monkeypatch.setattr(core.runtime, "precision_key", lambda: "another CPU")
+    assert measured_precision(model, measure=lambda p: {"float32": 2.0, "bfloat16": 1.0}) == "bfloat16"
+    assert len(json.loads((tmp_path / "cache" / PRECISION_FILE).read_text())) == 2
+    (tmp_path / "file").write_text("not a folder")
+    monkeypatch.setenv("AGEGENDER_CACHE_DIR", str(tmp_path / "file" / "cache"))
+    assert measured_precision(model, measure=lambda p: {"float32": 1.0, "bfloat16": 1.0}) == "float32"  # a tie
 
 
 def test_a_stale_export_falls_back_to_the_h5(tiny_models, tmp_path, monkeypatch):
@@ -125,6 +183,26 @@ def test_identical_trunks_run_once_with_the_same_outputs(shared_trunk_models, ti
         np.testing.assert_allclose(out[task], alone, atol=TOLERANCE[task], rtol=1e-5)
     trained_separately, _ = predictions(tiny_models, runtime, x, monkeypatch)
     assert not trained_separately.networks.shared  # the tiny models differ everywhere
+
+
+@pytest.mark.parametrize("runtime", ["keras", "export"])
+@pytest.mark.parametrize("flip", [{"age": False, "gender": True}, {"age": True, "gender": False}])
+def test_each_model_flips_on_its_own_through_the_shared_trunk(shared_trunk_models, astronaut, runtime, flip,
+                                                              monkeypatch):
+    """One model with the test-time flip and the other without (``tta_flip`` per model): the trunk runs once on
+    the faces and their mirrored copies, and each model still gives what it gives alone with its own setting."""
+    from core.models import load_keras_model
+
+    x = faces(astronaut, 32)
+    monkeypatch.setenv("AGEGENDER_RUNTIME", runtime)
+    monkeypatch.setenv("AGEGENDER_PRECISION", "float32")
+    models = AgeGenderModels(shared_trunk_models)
+    models.flip = flip
+    pred = models.predict({x.shape[1]: x})
+    assert models.networks.shared
+    for task, out in (("age", pred.ages), ("gender", pred.female_probabilities)):
+        alone = predict_crops(load_keras_model(shared_trunk_models / MODEL_FILES[task]), x, flip=flip[task])
+        np.testing.assert_allclose(out, alone, atol=TOLERANCE[task], rtol=1e-5)
 
 
 def test_one_trunk_weight_differs_and_nothing_is_shared(shared_trunk_models, tmp_path, astronaut, monkeypatch):
