@@ -29,11 +29,12 @@ SETTINGS = {"both": {"age": True, "gender": True}, "gender only": {"age": False,
             "age only": {"age": True, "gender": False}, "neither": {"age": False, "gender": False}}
 
 
-def _models(flip: dict[str, bool]):
-    """The process's shared networks with the given flip per model (the networks are loaded once)."""
+def _models(flip: dict[str, bool], directory: Path | None = None):
+    """The process's models with the given flip per model: a copy that shares the loaded networks and leaves
+    the process-wide models as they are."""
     from core.models import AgeGenderModels, load_models
 
-    models = load_models()
+    models = load_models(directory)
     flipped = AgeGenderModels.__new__(AgeGenderModels)
     flipped.__dict__.update(models.__dict__)
     flipped.flip = dict(flip)

@@ -31,3 +31,15 @@ def test_probe_times_photos_and_chips_with_the_core_on_its_path(tmp_path, astron
     assert set(result) == {"astronaut_ms", "astronaut_new_size_ms", "chips_per_s", "chips_per_s_no_flip",
                            "cold_start_s"}
     assert all(value > 0 for value in result.values())
+
+
+def test_flip_settings_share_the_networks_and_leave_the_process_models_alone(tiny_models):
+    from bench.flip import SETTINGS, _models
+    from core.models import load_models
+
+    models = load_models(tiny_models)
+    before = dict(models.flip)
+    for flip in SETTINGS.values():
+        copy = _models(flip, tiny_models)
+        assert copy.flip == flip and copy.networks is models.networks
+    assert models.flip == before and len({tuple(f.values()) for f in SETTINGS.values()}) == 4

@@ -231,3 +231,14 @@ def test_flip_settings_share_the_loaded_networks(tiny_models):
     _cached.cache_clear()
     _cached_networks.cache_clear()
     assert load_models(tiny_models, tta=False).networks is load_models(tiny_models).networks
+
+
+@pytest.mark.parametrize(("setting", "expected"), [
+    ("0", {"age": False, "gender": False}), ("1", {"age": True, "gender": True}),
+    ("gender", {"age": False, "gender": True}), ("age", {"age": True, "gender": False}),
+    ("", {"age": True, "gender": True}),  # the metadata's tta_flip (true for both)
+])
+def test_agegender_tta_sets_the_flip_of_both_models_or_of_one(tiny_models, monkeypatch, setting, expected):
+    monkeypatch.setenv("AGEGENDER_TTA", setting)
+    assert AgeGenderModels(tiny_models).flip == expected
+    assert AgeGenderModels(tiny_models, tta=False).flip == {"age": False, "gender": False}  # an explicit choice wins
