@@ -262,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     server = Server(args.port or free_port(), models_dir=args.models_dir, max_queue=args.max_queue,
                     workers=args.workers)
     try:
-        server.wait_healthy(deadline)
+        health = server.wait_healthy(deadline)
         startup_s = time.monotonic() - t0
         rss_idle = rss_mb(server.proc.pid)
         run = LoadRun(args.requests, deadline, rss_after, server.proc.pid)
@@ -279,7 +279,6 @@ def main(argv: list[str] | None = None) -> int:
 
     from core.api import max_queue_setting, workers_setting
     from core.hardware import cpu_description
-    from core.models import inference_precision
 
     answers = sorted(run.answers, key=lambda a: a.index)
     counts = Counter(a.status for a in answers)
@@ -294,7 +293,8 @@ def main(argv: list[str] | None = None) -> int:
     memory_flat = ratio is not None and ratio <= args.rss_ratio
     finished = len(answers) == args.requests
     summary = {
-        "machine": f"{cpu_description()}, inference in {inference_precision()}",
+        "machine": (f"{cpu_description()}, models on {health.get('runtime', '?')} "
+                    f"in {health.get('precision', '?')}"),
         "clients": args.clients,
         "requests": args.requests,
         "answered": len(answers),

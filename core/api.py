@@ -3,7 +3,7 @@
 - ``POST /v1/analyze``: the image as multipart field ``image``, or as the raw request body. Query
   parameters ``min_face_size``, ``threshold``, ``align``. Answers ``{"faces": [FaceResult.as_dict(), ...],
   "image": {"width": W, "height": H}}``.
-- ``GET /healthz``: liveness and whether the models are loaded.
+- ``GET /healthz``: liveness, whether the models are loaded, and what runs them (runtime, precision).
 - ``GET /openapi.json``, ``GET /docs``: the schema.
 
 Bad input is a 4xx JSON error ``{"error": code, "detail": message}``, never a 500. Images are analysed in
@@ -163,8 +163,8 @@ def create_app(models_dir: str | Path | None = None, *, max_queue: int | None = 
     @app.get("/healthz")
     def healthz() -> dict[str, Any]:
         try:
-            load_models(models_dir)
-            return {"status": "ok", "models": "loaded"}
+            models = load_models(models_dir)
+            return {"status": "ok", "models": "loaded", "runtime": models.runtime, "precision": models.precision}
         except ModelNotFound as exc:
             return {"status": "degraded", "models": str(exc)}
 

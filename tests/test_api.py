@@ -19,7 +19,9 @@ def client(tiny_models) -> TestClient:
 
 
 def test_healthz(client):
-    assert client.get("/healthz").json() == {"status": "ok", "models": "loaded"}
+    body = client.get("/healthz").json()
+    assert {k: body[k] for k in ("status", "models")} == {"status": "ok", "models": "loaded"}
+    assert body["runtime"] in ("keras", "export") and body["precision"] in ("float32", "bfloat16")
 
 
 def test_multipart_and_raw_body_agree(client, astronaut_jpeg):
