@@ -12,8 +12,9 @@ What is deterministic, and what is not:
   bit for bit (checked).
 - Inference runs in float32 too: ``AGEGENDER_PRECISION`` (core's switch, see
   :func:`core.models.inference_precision`) defaults to ``float32`` here, where core would pick bfloat16 on
-  CPUs with bf16 math. Set ``AGEGENDER_PRECISION=bfloat16`` to run the suite on the bf16 path; tests that
-  compare outputs of one input use tolerances that hold there too. Child processes (CLI, bench) inherit it.
+  CPUs with bf16 math (Keras) or measure which is faster there (the export). Set
+  ``AGEGENDER_PRECISION=bfloat16`` to run the suite on the bf16 path; tests that compare outputs of one input
+  use tolerances that hold there too. Child processes (CLI, bench) inherit it.
 - Not deterministic across machines: float32 results depend on the CPU's kernels (oneDNN sums in another
   order on AVX2, AVX-512 or AMX), on the TensorFlow/oneDNN/LiteRT versions, and MTCNN's landmarks of the
   training chips move with them, so the tiny models' weights differ in their last bits from one machine to
