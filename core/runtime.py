@@ -214,9 +214,11 @@ def measured_precision(model_path: Path, *, measure: Callable[[Path], dict[str, 
     choice = min(PRECISIONS, key=lambda p: seconds[p])  # a tie keeps float32 (the exact one)
     records[key] = {"precision": choice, "seconds": {p: round(seconds[p], 4) for p in PRECISIONS},
                     "model": model_path.name, "measured": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    try:
+    try:  # written whole, then renamed: a process reading it at the same time never sees half a file
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(records, indent=2))
+        partial = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        partial.write_text(json.dumps(records, indent=2))
+        os.replace(partial, path)
     except OSError:
         pass
     return choice
