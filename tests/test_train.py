@@ -290,29 +290,3 @@ def test_training_on_two_datasets_reports_each_and_records_the_mix(tmp_path, utk
     assert train_main(["age", "--data-dir", str(utk_dir), "--split-dir", str(tmp_path / "s_utk"),
                        "--dataset-weights", "aaf=1", "--run-dir", str(tmp_path / "bad")]) == 2
 
-
-@pytest.mark.parametrize(("gpu", "bf16_cpu", "export", "measured", "expected"), [
-    (True, False, False, None, True),  # a GPU: bf16
-    (False, False, True, "bfloat16", False),  # no bf16 math: float32, nothing measured
-    (False, True, True, "bfloat16", True),  # bf16 math, measured faster here
-    (False, True, True, "float32", False),  # bf16 math, but measured slower here (Xeon without AMX)
-    (False, True, False, None, True),  # bf16 math, no export to measure with: bf16
-])
-def test_auto_precision_follows_the_measurement_on_bf16_cpus(monkeypatch, gpu, bf16_cpu, export, measured, expected):
-    import tensorflow as tf
-
-    import core.hardware
-    import core.runtime
-    from train.trainer import auto_trains_in_bf16
-
-    monkeypatch.setattr(tf.config, "list_physical_devices", lambda kind=None: ["GPU:0"] if gpu else [])
-    monkeypatch.setattr(core.hardware, "cpu_supports_bf16", lambda: bf16_cpu)
-    monkeypatch.setattr(core.runtime, "usable_export", lambda path: ({"runtime": "openvino"}, "") if export
-                        else (None, "no export"))
-
-    def measure(path):
-        assert measured is not None, "measured although it should not have"
-        return measured
-
-    monkeypatch.setattr(core.runtime, "measured_precision", measure)
-    assert auto_trains_in_bf16() is expected

@@ -133,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="use only N training and N//4 validation samples of each dataset (smoke runs)")
     p.add_argument("--precision", choices=("auto", "bfloat16", "float32"), default="auto",
                    help="auto: mixed_bfloat16 on a GPU and on a CPU with bf16 math where bf16 measured faster "
-                        "than float32 (core.runtime.measured_precision), float32 elsewhere")
+                        "than float32 (core.hardware.bf16_policy_available), float32 elsewhere")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--until-epoch", type=int,
                    help="stop once this many epochs of the schedule are done in all (with --resume: idempotent)")
@@ -161,32 +161,11 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def auto_trains_in_bf16() -> bool:
-    """``--precision auto``: ``mixed_bfloat16`` on a GPU, and on a CPU with bf16 math unless bf16 measured
-    slower than float32 on this CPU; float32 elsewhere.
-
-    The measurement is the inference export's (:func:`core.runtime.measured_precision`, the shipped age
-    model's layers, timed once per CPU and remembered); it predicts training too: on an Intel Xeon with
-    AVX512-BF16 but no AMX, inference ran 1.7x and a fine-tune 1.7x faster in float32 (19.7 against 11.5
-    images/s, README "Training"). Without a usable export of the shipped models, a bf16 CPU trains in bf16.
-    """
-    import tensorflow as tf
-
-    from core.hardware import cpu_supports_bf16
-    from core.models import DEFAULT_MODELS_DIR, model_paths
-    from core.runtime import measured_precision, usable_export
-
-    if tf.config.list_physical_devices("GPU"):
-        return True
-    if not cpu_supports_bf16():
-        return False
-    age = model_paths(DEFAULT_MODELS_DIR)["age"]
-    return usable_export(age)[0] is None or measured_precision(age) == "bfloat16"
-
-
 def _set_precision(choice: str) -> str:
+    from core.hardware import bf16_policy_available
+
     policy = "float32"
-    if choice == "bfloat16" or (choice == "auto" and auto_trains_in_bf16()):
+    if choice == "bfloat16" or (choice == "auto" and bf16_policy_available()):
         policy = "mixed_bfloat16"
     keras.mixed_precision.set_global_policy(policy)
     return policy
