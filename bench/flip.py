@@ -7,7 +7,8 @@ is set on its own (``tta_flip`` in its metadata), so there are four settings: bo
 only gender, neither. Their outputs are independent per model (a model's output does not depend on whether
 the other flips), so the accuracy of all four comes from two passes over each test split, with and without
 the flip; the time of each is measured on the same chips, the four settings alternated over ``--rounds``
-rounds (median chips/s, the batch mode's road: ``core.analyze_many(detect=False)``, 64 per call).
+rounds (median chips/s, the batch mode's road: ``core.analyze_many(detect=False)``, 64 per call, timed as
+``python -m bench`` times it).
 
 Chip mode (default) scores the test images as already-cropped faces, as the batch mode does with chips;
 ``--detect`` runs the app's road (MTCNN + crop) for the accuracy part. The last line printed is one JSON
@@ -17,9 +18,9 @@ object.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import statistics
-import time
 from pathlib import Path
 
 import numpy as np
@@ -32,11 +33,9 @@ SETTINGS = {"both": {"age": True, "gender": True}, "gender only": {"age": False,
 def _models(flip: dict[str, bool], directory: Path | None = None):
     """The process's models with the given flip per model: a copy that shares the loaded networks and leaves
     the process-wide models as they are."""
-    from core.models import AgeGenderModels, load_models
+    from core.models import load_models
 
-    models = load_models(directory)
-    flipped = AgeGenderModels.__new__(AgeGenderModels)
-    flipped.__dict__.update(models.__dict__)
+    flipped = copy.copy(load_models(directory))
     flipped.flip = dict(flip)
     return flipped
 
@@ -68,17 +67,14 @@ def accuracy(data_dir: Path, *, detect: bool, limit: int | None) -> dict[str, di
 
 
 def throughput(chips: list[tuple[str, bytes]], rounds: int) -> dict[str, float]:
-    """Median chips/s of each setting over ``rounds`` alternated rounds (after one warm-up batch each)."""
-    from core.pipeline import analyze_many
+    """Median chips/s of each setting over ``rounds`` alternated rounds (``bench.probe.chips_per_second``, the
+    throughput ``python -m bench`` reports: one warm-up batch, then all chips, 64 per call)."""
+    from bench.probe import chips_per_second
 
     runs: dict[str, list[float]] = {name: [] for name in SETTINGS}
-    for flip in SETTINGS.values():  # warm-up: traces or compiles each batch shape once
-        list(analyze_many(chips[:64], detect=False, batch_size=64, models=_models(flip)))
     for _ in range(rounds):
         for name, flip in SETTINGS.items():
-            started = time.perf_counter()
-            n = sum(1 for _ in analyze_many(chips, detect=False, batch_size=64, models=_models(flip)))
-            runs[name].append(n / (time.perf_counter() - started))
+            runs[name].append(chips_per_second(chips, _models(flip)))
     return {name: round(statistics.median(v), 2) for name, v in runs.items()}
 
 

@@ -171,10 +171,9 @@ def time_export(model_path: Path, *, rows: int = 16, rounds: int = 3) -> dict[st
     each of :data:`PRECISIONS`: both compiled and warmed up first, then timed alternately ``rounds`` times,
     the best run of each (another thread's work, such as the detector building at start-up, then slows both
     alike)."""
-    try:
-        size = int(json.loads(model_path.with_suffix(".json").read_text())["input_size"])
-    except (OSError, ValueError, KeyError, TypeError):
-        size = 96
+    from core.models import read_metadata
+
+    size = int(read_metadata(model_path)["input_size"])
     x = np.random.default_rng(0).normal(0.0, 60.0, (rows, size, size, 3)).astype(np.float32)
     runs = {}
     for precision in PRECISIONS:
