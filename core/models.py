@@ -24,6 +24,7 @@ from core.errors import ModelNotFound
 from core.reliability import GenderReliability
 from core.runtime import (
     Network,
+    known_precision,
     measured_precision,
     openvino_network,
     part_path,
@@ -307,6 +308,23 @@ def _cached_networks(directory: str, runtime: str, precision: str) -> Networks:
         if runtime == "export":
             raise ModelNotFound(f"AGEGENDER_RUNTIME=export, but {why[0]}.")
     return _keras_networks(paths, precision)
+
+
+def settle_precision(directory: str | Path | None = None) -> None:
+    """Run the export's one-time precision measurement (:func:`core.runtime.measured_precision`) now where
+    loading the networks of ``directory`` will need it: the export usable, a CPU with bf16 math, no
+    AGEGENDER_PRECISION, nothing measured on this CPU yet. Elsewhere it returns at once.
+
+    :func:`core.pipeline.prepare` calls it before the detector starts building in its second thread: timed
+    while that thread competes for the cores, the two precisions' margin shrank (0.47 s against 0.50 s,
+    where alone 0.28 s against 0.48 s) and a close call could pick the slower one and remember it.
+    """
+    if (runtime_choice() == "keras" or precision_override() is not None
+            or inference_precision() != "bfloat16" or known_precision() is not None):
+        return
+    paths = model_paths(models_dir(directory))
+    if all(usable_export(path)[0] is not None for path in paths.values()):
+        measured_precision(paths["age"])
 
 
 def load_networks(directory: str | Path | None = None) -> Networks:

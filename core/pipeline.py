@@ -13,7 +13,7 @@ from core.crop import crop_face
 from core.detect import DEFAULT_MIN_FACE_SIZE, DEFAULT_THRESHOLD, LANDMARK_NAMES, Detection, detect_faces, get_detector
 from core.errors import AgeGenderError, FaceNotDetected
 from core.image import ImageInput, load_image
-from core.models import MAX_AGE, AgeGenderModels, load_models, require_models
+from core.models import MAX_AGE, AgeGenderModels, load_models, require_models, settle_precision
 from core.results import FaceResult
 
 _prepare_lock = threading.Lock()
@@ -24,12 +24,15 @@ def prepare(models_dir: str | Path | None = None, *, tta: bool | None = None) ->
 
     On first use both are loaded at once: the detector (TensorFlow's import, MTCNN) in a second thread while
     this one loads the models (on the export runtime: OpenVINO, which needs no TensorFlow), which shortens
-    the first result on a multi-core CPU. Later calls return at once.
+    the first result on a multi-core CPU. Where the export's precision is still to be measured on this CPU
+    (:func:`core.models.settle_precision`: once per CPU), that is done first, alone. Later calls return at
+    once.
     """
     with _prepare_lock:
         require_models(models_dir)  # a missing model: ModelNotFound at once, no TensorFlow, no detector
         if get_detector.cache_info().currsize:
             return load_models(models_dir, tta=tta)
+        settle_precision(models_dir)  # a first start's timing of the export, on cores the detector leaves idle
         with ThreadPoolExecutor(1, thread_name_prefix="agegender-detector") as pool:
             detector = pool.submit(get_detector)
             models = load_models(models_dir, tta=tta)

@@ -193,22 +193,14 @@ def measured_precision(model_path: Path, *, measure: Callable[[Path], dict[str, 
     """``float32`` or ``bfloat16``, whichever ran the export of ``model_path`` faster on this CPU.
 
     Measured once per CPU and OpenVINO version (:func:`precision_key`) by ``measure`` (:func:`time_export`,
-    about two seconds), and kept in :data:`PRECISION_FILE` in the cache folder with the times. A cache
-    folder that cannot be written only costs the measurement next time.
+    about two seconds), and kept in :data:`PRECISION_FILE` in the cache folder with the times (and in this
+    process). A cache folder that cannot be written only costs the measurement again in the next process.
     """
-    from core.lite import cache_dir
-
-    path = cache_dir() / PRECISION_FILE
-    key = precision_key()
-    try:
-        records = json.loads(path.read_text())
-        if not isinstance(records, dict):
-            records = {}
-    except (OSError, ValueError):
-        records = {}
-    known = records.get(key)
-    if isinstance(known, dict) and known.get("precision") in PRECISIONS:
-        return known["precision"]
+    path, key = _precision_record_place()
+    known = known_precision()
+    if known:
+        return known
+    records = _read_precision_records(path)
     seconds = measure(model_path)
     choice = min(PRECISIONS, key=lambda p: seconds[p])  # a tie keeps float32 (the exact one)
     records[key] = {"precision": choice, "seconds": {p: round(seconds[p], 4) for p in PRECISIONS},
@@ -220,4 +212,36 @@ def measured_precision(model_path: Path, *, measure: Callable[[Path], dict[str, 
         os.replace(partial, path)
     except OSError:
         pass
+    _measured[(str(path), key)] = choice
     return choice
+
+
+#: Precisions measured by this process, by (record file, :func:`precision_key`): a cache folder that cannot
+#: be written costs the measurement once per process, not once per call.
+_measured: dict[tuple[str, str], str] = {}
+
+
+def _precision_record_place() -> tuple[Path, str]:
+    from core.lite import cache_dir
+
+    return cache_dir() / PRECISION_FILE, precision_key()
+
+
+def _read_precision_records(path: Path) -> dict[str, Any]:
+    try:
+        records = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return records if isinstance(records, dict) else {}
+
+
+def known_precision() -> str | None:
+    """The precision :func:`measured_precision` chose on this CPU and OpenVINO version before (in this
+    process or kept in the cache folder), or None where it has not measured yet."""
+    path, key = _precision_record_place()
+    if (str(path), key) in _measured:
+        return _measured[(str(path), key)]
+    known = _read_precision_records(path).get(key)
+    if isinstance(known, dict) and known.get("precision") in PRECISIONS:
+        return known["precision"]
+    return None

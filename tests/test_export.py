@@ -109,6 +109,48 @@ def test_on_a_bf16_cpu_auto_runs_the_export_in_the_precision_measured_faster(tin
     core.models._cached_networks.cache_clear()
 
 
+def test_prepare_times_the_precisions_before_the_detector_starts_building(tiny_models, tmp_path, monkeypatch):
+    """The first start's precision measurement runs alone, not while the detector builds in the other thread
+    (which narrowed the measured margin), and only once per CPU."""
+    from functools import lru_cache
+
+    import core.hardware
+    import core.models
+    import core.pipeline
+    import core.runtime
+
+    monkeypatch.setenv("AGEGENDER_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("AGEGENDER_PRECISION", "auto")
+    monkeypatch.setattr(core.hardware, "cpu_supports_bf16", lambda: True)
+    events = []
+
+    def measure(model_path):
+        events.append("measure")
+        return {"float32": 0.5, "bfloat16": 1.0}
+
+    @lru_cache(maxsize=1)
+    def detector():
+        events.append("detector")
+        return object()
+
+    monkeypatch.setattr(core.models, "measured_precision",
+                        lambda path: core.runtime.measured_precision(path, measure=measure))
+    monkeypatch.setattr(core.pipeline, "get_detector", detector)
+    core.models._cached.cache_clear()
+    core.models._cached_networks.cache_clear()
+    try:
+        assert core.pipeline.prepare(tiny_models).precision == "float32"
+        assert events == ["measure", "detector"]
+        detector.cache_clear()
+        core.models._cached.cache_clear()
+        core.models._cached_networks.cache_clear()
+        assert core.pipeline.prepare(tiny_models).precision == "float32"
+        assert events == ["measure", "detector", "detector"]  # remembered: measured once per CPU
+    finally:
+        core.models._cached.cache_clear()
+        core.models._cached_networks.cache_clear()
+
+
 def test_the_precision_measurement_is_kept_per_cpu_and_survives_an_unwritable_cache(tiny_models, tmp_path,
                                                                                      monkeypatch):
     import core.runtime
