@@ -87,8 +87,8 @@ TRUNK_END = "pool2"
 #: Ages and age ranges are reported within 0..MAX_AGE years (UTKFace's oldest label is 116).
 MAX_AGE = 120.0
 
-#: Layers that stay float32 when inference runs in bfloat16 (the outputs).
-FLOAT32_LAYERS = ("age_dense", "age", "gender", "race")
+#: Layers that stay float32 when inference runs in bfloat16 (the outputs, and the age calibration curve).
+FLOAT32_LAYERS = ("age_dense", "age_years", "age_hinges", "age_curve_in", "age", "gender", "race")
 
 
 def precision_override() -> str | None:

@@ -1,4 +1,5 @@
-"""Age calibration: the least-absolute-deviations line, folded into the head of a real model."""
+"""Age calibration: the least-absolute-deviations line, folded into the head of a real model, and the
+piecewise-linear curve after it."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import shutil
 
 import numpy as np
 
-from train.calibrate import fit_affine_l1, fold_age_affine
+from train.calibrate import apply_curve, choose_curve, fit_affine_l1, fit_curve, fold_age_affine, fold_age_curve
 from train.calibrate import main as calibrate_main
 
 
@@ -56,3 +57,61 @@ def test_calibrate_cli_rewrites_model_and_metadata(tmp_path, utk_dir, tiny_model
     assert cal["validation_mae_after"] <= cal["validation_mae_before"] + 1e-3
     assert cal["fitted_on"].startswith("validation") and "scale" in first
     assert set(meta["age_intervals"]) >= {"bands", "coverage_validation"}
+
+
+def test_the_curve_fit_recovers_a_bend_and_cross_validation_finds_where():
+    """Predictions that over-age the young (true = 0.6 x pred + 9.6 below 24, = pred above: continuous)."""
+    rng = np.random.default_rng(0)
+    pred = rng.uniform(1, 80, 3000)
+    true = np.where(pred < 24, 0.6 * pred + 9.6, pred)
+    coef = fit_curve(pred, true, np.array([24.0]))
+    np.testing.assert_allclose(coef, [9.6, 0.6, 0.4], atol=1e-3)  # 1, age, max(age - 24, 0)
+    np.testing.assert_allclose(apply_curve(np.array([10.0, 24.0, 50.0]), coef, np.array([24.0])),
+                               [15.6, 24.0, 50.0], atol=1e-3)
+    knots, scores = choose_curve(pred, true + rng.laplace(0.0, 2.0, len(pred)))
+    assert knots is not None and 24.0 in knots  # the sets that bend at 24 fit; the others cannot
+    assert min(v for k, v in scores.items() if k != "straight line") < scores["straight line"] - 0.1
+    straight = fit_curve(pred, 0.9 * pred + 2.0, np.array([12.0, 24.0, 40.0]))
+    np.testing.assert_allclose(straight, [2.0, 0.9, 0.0, 0.0, 0.0], atol=1e-3)  # a line stays a line
+
+
+def test_a_folded_curve_maps_the_output_in_the_h5_and_in_its_export(tiny_models, tmp_path, monkeypatch):
+    import keras
+    import pytest
+
+    from core.models import AgeGenderModels, inference_copy, predict_crops
+    from train.model import AGE_CURVE_LAYERS, compile_args
+
+    pytest.importorskip("openvino")
+    from train.export import export_model
+
+    model = keras.models.load_model(tiny_models / "age_model.h5", compile=False)
+    x = np.random.default_rng(2).integers(0, 255, (8, 32, 32, 3), dtype=np.uint8)
+    before = predict_crops(model, x, flip=False)
+    knots = np.quantile(before, [0.3, 0.7])  # bends inside the range the outputs span
+    coef = np.array([1.0, 0.5, 0.7, -0.2])
+    curved = fold_age_curve(model, coef, knots)
+    assert all(curved.get_layer(name) is not None for name in AGE_CURVE_LAYERS)
+    np.testing.assert_allclose(predict_crops(curved, x, flip=False), apply_curve(before, coef, knots),
+                               rtol=1e-5, atol=1e-3)
+    again = fold_age_curve(curved, np.array([0.0, 1.0, 0.0, 0.0]), knots)  # same knots: set in place
+    assert again is curved
+    np.testing.assert_allclose(predict_crops(again, x, flip=False), before, rtol=1e-5, atol=1e-3)
+    bf16 = inference_copy(fold_age_curve(curved, coef, knots), bfloat16=True)
+    assert all(bf16.get_layer(name).compute_dtype == "float32" for name in (*AGE_CURVE_LAYERS, "age"))
+
+    models = tmp_path / "models"
+    shutil.copytree(tiny_models, models)
+    curved.compile(optimizer="adam", loss=compile_args("age")["loss"])
+    curved.save(models / "age_model.h5")
+    record = export_model(models / "age_model.h5", faces=x)
+    assert record["parity"]["max_abs_diff"] < 1e-3
+    outputs = {}
+    for runtime in ("keras", "export"):
+        monkeypatch.setenv("AGEGENDER_RUNTIME", runtime)
+        monkeypatch.setenv("AGEGENDER_PRECISION", "float32")
+        loaded = AgeGenderModels(models, tta=False)
+        assert loaded.runtime == runtime
+        outputs[runtime] = loaded.predict({32: x}).ages
+    np.testing.assert_allclose(outputs["keras"], apply_curve(before, coef, knots), rtol=1e-5, atol=1e-3)
+    np.testing.assert_allclose(outputs["export"], outputs["keras"], atol=1e-3)

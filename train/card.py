@@ -182,9 +182,16 @@ def build_card(directory: Path) -> str:
                 f"VGGFace preprocessing, test-time horizontal flip.", ""]
     cal = age.get("calibration")
     if cal:
-        out[-1:] = [f"Age calibration (`python -m train.calibrate`): age' = {cal['scale']} x age + {cal['offset']}, "
-                    f"{cal['fitted_on']}, folded into the age head; validation MAE {cal['validation_mae_before']} "
-                    f"-> {cal['validation_mae_after']}.", ""]
+        line = (f"Age calibration (`python -m train.calibrate`): age' = {cal['scale']} x age + {cal['offset']}, "
+                f"{cal['fitted_on']}, folded into the age head")
+        curve = cal.get("curve")
+        if curve:
+            scores = curve.get("cross_validated_mae", {})
+            line += (f"; then a piecewise-linear curve bending at {', '.join(f'{k:g}' for k in curve['knots'])} "
+                     f"years (chosen by {curve['chosen_by']}: "
+                     + ", ".join(f"{k} {v}" for k, v in scores.items())
+                     + "), four float32 layers after the head")
+        out[-1:] = [f"{line}; validation MAE {cal['validation_mae_before']} -> {cal['validation_mae_after']}.", ""]
 
     out += ["## Test metrics", ""]
     if not info.metrics:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import keras
+import numpy as np
 from keras import layers
 
 from core.vggface import build_vggface_vgg16
@@ -13,12 +14,19 @@ AGE_STD = 20.0
 
 TASKS = ("multitask", "age", "gender")
 
+#: The layers of an age model's calibration curve (:func:`train.calibrate.fold_age_curve`), after the head:
+#: ``age_years`` (the head's years), ``age_hinges`` (``max(years - knot, 0)`` per knot), ``age_curve_in``
+#: (both side by side) and the output ``age``, their weighted sum: a continuous piecewise-linear map.
+AGE_CURVE_LAYERS = ("age_years", "age_hinges", "age_curve_in")
+
 
 def build_model(task: str, *, input_size: int | None = None, batch_norm: bool = True,
-                dropout: float = 0.3, weight_decay: float = 5e-4) -> keras.Model:
+                dropout: float = 0.3, weight_decay: float = 5e-4, age_knots=()) -> keras.Model:
     """VGGFace VGG16 base + global average pooling + the task's head(s).
 
-    - ``age``: linear output in years (``Dense(1)`` then a fixed rescaling), trained with MSE.
+    - ``age``: linear output in years (``Dense(1)`` then a fixed rescaling), trained with MSE. With
+      ``age_knots``, a calibration curve bending at those ages follows (:data:`AGE_CURVE_LAYERS`), set to the
+      identity here; :func:`train.calibrate.fold_age_curve` sets it. Training builds models without it.
     - ``gender``: sigmoid probability of *female*, trained with binary cross-entropy.
     - ``multitask``: both plus a 5-way race softmax; used to train the shared backbone from scratch.
 
@@ -34,7 +42,13 @@ def build_model(task: str, *, input_size: int | None = None, batch_norm: bool = 
     outputs = {}
     if task in ("age", "multitask"):
         z = layers.Dense(1, name="age_dense", dtype="float32", kernel_regularizer=reg)(x)
-        outputs["age"] = layers.Rescaling(AGE_STD, offset=AGE_MEAN, name="age", dtype="float32")(z)
+        if task == "age" and len(age_knots):
+            years = layers.Rescaling(AGE_STD, offset=AGE_MEAN, name="age_years", dtype="float32")(z)
+            hinges = layers.Dense(len(age_knots), activation="relu", name="age_hinges", dtype="float32")(years)
+            both = layers.Concatenate(name="age_curve_in", dtype="float32")([years, hinges])
+            outputs["age"] = layers.Dense(1, name="age", dtype="float32")(both)
+        else:
+            outputs["age"] = layers.Rescaling(AGE_STD, offset=AGE_MEAN, name="age", dtype="float32")(z)
     if task in ("gender", "multitask"):
         outputs["gender"] = layers.Dense(1, activation="sigmoid", name="gender", dtype="float32",
                                          kernel_regularizer=reg)(x)
@@ -43,7 +57,13 @@ def build_model(task: str, *, input_size: int | None = None, batch_norm: bool = 
                                        kernel_regularizer=reg)(x)
     if task != "multitask":
         outputs = outputs[task]
-    return keras.Model(base.input, outputs, name=f"vggface_{task}")
+    model = keras.Model(base.input, outputs, name=f"vggface_{task}")
+    if task == "age" and len(age_knots):  # the curve starts as the identity: hinges at the knots, weight 0
+        knots = np.asarray(age_knots, np.float32)
+        model.get_layer("age_hinges").set_weights([np.ones((1, len(knots)), np.float32), -knots])
+        model.get_layer("age").set_weights([np.r_[1.0, np.zeros(len(knots))].astype(np.float32)[:, None],
+                                            np.zeros(1, np.float32)])
+    return model
 
 
 def compile_args(task: str) -> dict:

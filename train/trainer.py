@@ -623,7 +623,7 @@ def save_model(model, task: str, size: int, config: dict, out_dir: Path, data_di
     calibration = None
     names = sorted({s.dataset for s in val_samples})
     if task == "age":
-        calibration, pred = calibrate_age_model(clean, x_val, y, fitted_on=fitted_on(names))
+        calibration, pred, clean = calibrate_age_model(clean, x_val, y, fitted_on=fitted_on(names))
     else:
         pred = predict_crops(clean, x_val, flip=True)
     clean.compile(optimizer="adam", loss=compile_args(task)["loss"])  # the loss reloads with the .h5
