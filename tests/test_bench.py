@@ -43,3 +43,15 @@ def test_flip_settings_share_the_networks_and_leave_the_process_models_alone(tin
         copy = _models(flip, tiny_models)
         assert copy.flip == flip and copy.networks is models.networks
     assert models.flip == before and len({tuple(f.values()) for f in SETTINGS.values()}) == 4
+
+
+def test_streams_times_both_modes_on_the_export_with_the_same_outputs(tiny_models, capsys):
+    import pytest
+
+    pytest.importorskip("openvino")
+    from bench.streams import main
+
+    assert main(["--models-dir", str(tiny_models), "--faces", "4", "--rounds", "1"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["faces"] == 4 and result["max_abs_diff"] < 1e-3  # the same faces, split over the streams
+    assert len(result["faces_per_s"]) == 2 and all(r > 0 for r in result["faces_per_s"].values())
