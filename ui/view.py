@@ -273,6 +273,10 @@ def analyze_and_show(name: str, data: bytes, settings: Settings, key: str) -> li
     return faces
 
 
+#: Faces shown in the results table before it scrolls.
+TABLE_ROWS = 12
+
+
 def show_result(name: str, rgb: np.ndarray, faces: list[core.FaceResult], *, key: str, seconds: float | None = None,
                 models: AgeGenderModels | None = None, align: bool = True) -> None:
     """The one result view: annotated image, table (with the models' crops where ``models`` is given), time
@@ -298,10 +302,18 @@ def show_result(name: str, rgb: np.ndarray, faces: list[core.FaceResult], *, key
               for c in shown.columns}
     config.update({c: st.column_config.ImageColumn(c, help=COLUMN_HELP["model input"]) for c in shown.columns
                    if c.endswith("model input")})
+    # wide enough for "uncertain (leans female)" and for the reason next to it, not cut to their first words
+    config["gender"] = st.column_config.Column(help=COLUMN_HELP.get("gender"), width=175)
+    if "why uncertain" in shown.columns:
+        config["why uncertain"] = st.column_config.Column(help=COLUMN_HELP.get("why uncertain"), width="large")
     styled = shown.style.map(_gender_style, subset=["gender"]).format(
         {"age": "{:.1f}", "gender probability": "{:.2f}", "detection confidence": "{:.2f}"})
-    st.dataframe(styled, hide_index=True, width="stretch", column_config=config,
-                 row_height=64 if models is not None else None)
+    row_height = 64 if models is not None else None
+    # every face's row visible without scrolling inside the table (a group photo's sixth face was hidden
+    # below the default ten-row height at 64 px rows); beyond TABLE_ROWS faces the table scrolls
+    height = "content" if len(faces) <= TABLE_ROWS else (row_height or 35) * TABLE_ROWS + 40
+    st.dataframe(styled, hide_index=True, width="stretch", column_config=config, row_height=row_height,
+                 height=height)
     uncertain = sum(not f.gender_reliable for f in faces)
     if uncertain:
         st.caption(f"Gender shown as *uncertain* for {uncertain} of {len(faces)} faces: on validation faces like "
