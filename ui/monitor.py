@@ -121,12 +121,21 @@ def show_run(run: RunProgress) -> None:
         st.caption("The curves appear after the first epoch (history.csv).")
 
 
+def _shown_path(path: Path) -> str:
+    """``path`` as the user would type it: relative to the folder the app was started in where it lies inside."""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
 def show_monitor(runs: Path) -> None:
     """The monitor section: pick a run with a progress file; it refreshes itself while any run is running."""
     found = find_runs(runs)
     if not found:
-        st.caption(f"No training run in progress: `python -m train` writes `{runs}/<name>/{PROGRESS_FILE}` while "
-                   "it runs, and this section then follows it.")
+        where = f"{_shown_path(runs)}/<name>/{PROGRESS_FILE}"
+        st.caption(f"No training run in progress: `python -m train` writes `{where}` while it runs, and this "
+                   "section then follows it.")
         return
     states = {r.name: r.state for r in found}
     name = st.selectbox("Run", list(states), format_func=lambda n: f"{n} ({states[n]})", key="monitor-run")
