@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from core.models import MODEL_FILES, models_dir
 
 METRIC_FILES = {"chip": "metrics_test_chip.json", "detect": "metrics_test_detect.json"}
@@ -50,6 +52,19 @@ class ModelInfo:
     @property
     def available(self) -> bool:
         return all((self.directory / f).is_file() for f in MODEL_FILES.values())
+
+
+def hinge_basis(ages, knots) -> np.ndarray:
+    """Columns 1, age, max(age - k, 0) for each knot k: any continuous piecewise-linear map of ages bending at
+    the knots is a linear combination of them (the age model's calibration curve, :mod:`train.calibrate`)."""
+    ages = np.asarray(ages, np.float64)
+    return np.c_[np.ones_like(ages), ages, np.maximum(ages[:, None] - np.asarray(knots, np.float64)[None, :], 0.0)]
+
+
+def age_curve(metadata: dict[str, Any]) -> dict[str, Any] | None:
+    """The age model's calibration curve record (knots, coefficients, cross-validated MAEs), or None."""
+    curve = (metadata.get("calibration") or {}).get("curve")
+    return curve if curve and curve.get("knots") and curve.get("coefficients") else None
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:

@@ -4,7 +4,14 @@ test-split evaluation and beyond-UTKFace charts."""
 import pandas as pd
 import streamlit as st
 
-from core.modelcard import degradation_rows, find_runs_dir, generalisation_rows, lineage, load_model_info
+from core.modelcard import (
+    age_curve,
+    degradation_rows,
+    find_runs_dir,
+    generalisation_rows,
+    lineage,
+    load_model_info,
+)
 from ui import charts
 from ui.monitor import show_monitor
 from ui.view import page
@@ -24,6 +31,13 @@ for tab, task in zip(st.tabs([f"{t} model" for t in tasks]), tasks):
     stages = lineage(task, info.directory)
     tab.plotly_chart(charts.lineage_figure(task, charts.lineage_frame(task, stages)), key=f"lineage-{task}")
     tab.markdown("\n".join(f"{k}. {s.description}" for k, s in enumerate(stages, 1)))
+    curve = age_curve(info.metadata.get(task, {})) if task == "age" else None
+    if curve:
+        tab.plotly_chart(charts.calibration_figure(curve), key="calibration-curve")
+        scores = ", ".join(f"{k} {v}" for k, v in curve.get("cross_validated_mae", {}).items())
+        tab.caption(f"Fitted at export on the validation faces, where it bends chosen by cross-validated MAE "
+                    f"({scores}); validation MAE {curve.get('validation_mae_before')} → "
+                    f"{curve.get('validation_mae_after')} years. See the README, *Age calibration*.")
 
 st.header("Training runs")
 histories, skipped = charts.read_histories(info.histories)

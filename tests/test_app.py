@@ -168,6 +168,9 @@ def test_dashboard_builds_charts_from_shipped_histories(monkeypatch):
         assert len(charts) >= 7  # plus per-bucket, per-race and predicted-vs-true
     assert any("No training run in progress" in c.value for c in at.caption)
     assert any("`tests/<name>/progress.json`" in c.value for c in at.caption)  # as typed from where the app runs
+    curve = json.loads((SHIPPED / "age_model.json").read_text()).get("calibration", {}).get("curve")
+    calibration = [s for s in chart_specs(at) if s["layout"]["title"]["text"].startswith("Age calibration curve")]
+    assert len(calibration) == (1 if curve else 0)  # the shipped age model's curve, where it has one
     lineage = [s for s in chart_specs(at) if "The shipped age model" in s["layout"]["title"]["text"]]
     notes = [a["text"] for a in lineage[0]["layout"]["annotations"]]
     assert notes[0].startswith("backbone (multitask, from scratch): ") and notes[1].startswith("fine-tune (age): ")

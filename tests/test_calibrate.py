@@ -7,6 +7,7 @@ import json
 import shutil
 
 import numpy as np
+import pytest
 
 from train.calibrate import apply_curve, choose_curve, fit_affine_l1, fit_curve, fold_age_affine, fold_age_curve
 from train.calibrate import main as calibrate_main
@@ -77,7 +78,6 @@ def test_the_curve_fit_recovers_a_bend_and_cross_validation_finds_where():
 
 def test_a_folded_curve_maps_the_output_in_the_h5_and_in_its_export(tiny_models, tmp_path, monkeypatch):
     import keras
-    import pytest
 
     from core.models import AgeGenderModels, inference_copy, predict_crops
     from train.model import AGE_CURVE_LAYERS, compile_args
@@ -115,3 +115,17 @@ def test_a_folded_curve_maps_the_output_in_the_h5_and_in_its_export(tiny_models,
         outputs[runtime] = loaded.predict({32: x}).ages
     np.testing.assert_allclose(outputs["keras"], apply_curve(before, coef, knots), rtol=1e-5, atol=1e-3)
     np.testing.assert_allclose(outputs["export"], outputs["keras"], atol=1e-3)
+
+
+def test_the_dashboard_chart_draws_the_curve_from_the_metadata_record():
+    from core.modelcard import age_curve
+    from ui.charts import calibration_figure
+
+    curve = age_curve({"calibration": {"scale": 1.0, "offset": 0.0,
+                                       "curve": {"knots": [10.0], "coefficients": [1.0, 0.5, 0.5]}}})
+    fig = calibration_figure(curve)
+    x, y = np.asarray(fig.data[0].x), np.asarray(fig.data[0].y)
+    for age, reported in ((0.0, 1.0), (10.0, 6.0), (20.0, 16.0)):  # 1 + 0.5 age + 0.5 max(age - 10, 0)
+        assert y[np.argmin(np.abs(x - age))] == pytest.approx(reported - age)  # drawn as the change
+        assert np.asarray(fig.data[0].customdata)[np.argmin(np.abs(x - age))] == pytest.approx(reported)
+    assert age_curve({"calibration": {"scale": 1.0, "offset": 0.0}}) is None and age_curve({}) is None

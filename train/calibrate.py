@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from core.modelcard import hinge_basis
 from train.model import AGE_MEAN, AGE_STD
 
 
@@ -55,13 +56,6 @@ def fit_affine_l1(pred: np.ndarray, true: np.ndarray, *, iterations: int = 100) 
 
 #: Candidate knot sets of the bent line (ages of the model's output where its slope may change).
 DEFAULT_KNOTS = ("12,24,40", "10,20,30,45,60", "8,16,24,35,50,65", "5,10,15,20,25,30,40,50,60,70")
-
-
-def hinge_basis(pred: np.ndarray, knots: np.ndarray) -> np.ndarray:
-    """Columns 1, age, max(age - k, 0) for each knot k: any continuous piecewise-linear map bending at the
-    knots is a linear combination of them."""
-    pred = np.asarray(pred, np.float64)
-    return np.c_[np.ones_like(pred), pred, np.maximum(pred[:, None] - np.asarray(knots, np.float64)[None, :], 0.0)]
 
 
 def fit_curve(pred: np.ndarray, true: np.ndarray, knots: np.ndarray) -> np.ndarray:

@@ -5,12 +5,13 @@ from __future__ import annotations
 import itertools
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import plotly.colors
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from core.modelcard import Stage
+from core.modelcard import Stage, hinge_basis
 
 #: (training column, validation column, title) for the metric chart of each kind of history.
 METRIC_COLUMNS = {
@@ -195,6 +196,24 @@ def lineage_figure(task: str, frame: pd.DataFrame) -> go.Figure:
     fig.update_layout(title=f"The shipped {task} model, from the first epoch to export: {label}",
                       xaxis_title="epoch (all stages)", yaxis_title=label, hovermode="x unified",
                       margin={"t": 50, "b": 40})
+    return fig
+
+
+def calibration_figure(curve: dict) -> go.Figure:
+    """The age model's calibration curve (:func:`core.modelcard.age_curve`) as the years it adds to the age its
+    head gives (after the calibration line), knots marked: close to the identity, the change is what shows."""
+    ages = np.linspace(0.0, 90.0, 181)
+    reported = hinge_basis(ages, curve["knots"]) @ np.asarray(curve["coefficients"], np.float64)
+    fig = go.Figure()
+    fig.add_hline(y=0.0, line_dash="dot", line_color="gray")
+    fig.add_trace(go.Scatter(x=ages, y=reported - ages, mode="lines", name="reported - head",
+                             customdata=reported, hovertemplate="head %{x:.1f} → reported %{customdata:.1f} years"))
+    for knot in curve["knots"]:
+        fig.add_vline(x=knot, line_dash="dot", line_color="lightgray", annotation_text=f"{knot:g}",
+                      annotation_position="top")
+    fig.update_layout(title="Age calibration curve: years it adds to the head's age (after the line)",
+                      xaxis_title="age from the head (years)", yaxis_title="reported - head (years)",
+                      margin={"t": 50, "b": 40}, height=340, showlegend=False)
     return fig
 
 
