@@ -61,6 +61,11 @@ def hinge_basis(ages, knots) -> np.ndarray:
     return np.c_[np.ones_like(ages), ages, np.maximum(ages[:, None] - np.asarray(knots, np.float64)[None, :], 0.0)]
 
 
+def apply_age_curve(ages, coefficients, knots) -> np.ndarray:
+    """The calibration curve with ``coefficients`` on :func:`hinge_basis` (``knots``) at ``ages``."""
+    return hinge_basis(ages, knots) @ np.asarray(coefficients, np.float64)
+
+
 def age_curve(metadata: dict[str, Any]) -> dict[str, Any] | None:
     """The age model's calibration curve record (knots, coefficients, cross-validated MAEs), or None."""
     curve = (metadata.get("calibration") or {}).get("curve")

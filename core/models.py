@@ -87,8 +87,13 @@ TRUNK_END = "pool2"
 #: Ages and age ranges are reported within 0..MAX_AGE years (UTKFace's oldest label is 116).
 MAX_AGE = 120.0
 
+#: The layers of an age model's calibration curve (``train.calibrate.fold_age_curve``), after its head:
+#: ``age_years`` (the head's years), ``age_hinges`` (``max(years - knot, 0)`` per knot), ``age_curve_in``
+#: (both side by side); the output ``age`` is their weighted sum: a continuous piecewise-linear map.
+AGE_CURVE_LAYERS = ("age_years", "age_hinges", "age_curve_in")
+
 #: Layers that stay float32 when inference runs in bfloat16 (the outputs, and the age calibration curve).
-FLOAT32_LAYERS = ("age_dense", "age_years", "age_hinges", "age_curve_in", "age", "gender", "race")
+FLOAT32_LAYERS = ("age_dense", *AGE_CURVE_LAYERS, "age", "gender", "race")
 
 
 def precision_override() -> str | None:
@@ -295,6 +300,15 @@ def _export_networks(paths: dict[str, Path], records: dict[str, dict[str, Any]],
     return Networks("export", precision, trunks, heads)
 
 
+def _export_precision(paths: dict[str, Path], precision: str) -> str:
+    """The precision the export of ``paths`` runs in: ``precision`` (:func:`inference_precision`), except on a
+    CPU with bf16 math without AGEGENDER_PRECISION, where it is whichever measured faster there
+    (:func:`core.runtime.measured_precision`)."""
+    if precision == "bfloat16" and precision_override() is None:
+        return measured_precision(paths["age"])
+    return precision
+
+
 @lru_cache(maxsize=4)
 def _cached_networks(directory: str, runtime: str, precision: str) -> Networks:
     paths = model_paths(Path(directory))
@@ -302,9 +316,8 @@ def _cached_networks(directory: str, runtime: str, precision: str) -> Networks:
         checked = {task: usable_export(path) for task, path in paths.items()}
         why = [reason for _, reason in checked.values() if reason]
         if not why:
-            if precision == "bfloat16" and precision_override() is None:  # a bf16 CPU: the faster, measured
-                precision = measured_precision(paths["age"])
-            return _export_networks(paths, {task: record for task, (record, _) in checked.items()}, precision)
+            return _export_networks(paths, {task: record for task, (record, _) in checked.items()},
+                                    _export_precision(paths, precision))
         if runtime == "export":
             raise ModelNotFound(f"AGEGENDER_RUNTIME=export, but {why[0]}.")
     return _keras_networks(paths, precision)
@@ -319,12 +332,11 @@ def settle_precision(directory: str | Path | None = None) -> None:
     while that thread competes for the cores, the two precisions' margin shrank (0.47 s against 0.50 s,
     where alone 0.28 s against 0.48 s) and a close call could pick the slower one and remember it.
     """
-    if (runtime_choice() == "keras" or precision_override() is not None
-            or inference_precision() != "bfloat16" or known_precision() is not None):
+    if runtime_choice() == "keras" or known_precision() is not None:
         return
     paths = model_paths(models_dir(directory))
     if all(usable_export(path)[0] is not None for path in paths.values()):
-        measured_precision(paths["age"])
+        _export_precision(paths, inference_precision())
 
 
 def load_networks(directory: str | Path | None = None) -> Networks:

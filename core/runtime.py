@@ -197,10 +197,10 @@ def measured_precision(model_path: Path, *, measure: Callable[[Path], dict[str, 
     process). A cache folder that cannot be written only costs the measurement again in the next process.
     """
     path, key = _precision_record_place()
-    known = known_precision()
+    records = _read_precision_records(path)
+    known = _known_precision(path, key, records)
     if known:
         return known
-    records = _read_precision_records(path)
     seconds = measure(model_path)
     choice = min(PRECISIONS, key=lambda p: seconds[p])  # a tie keeps float32 (the exact one)
     records[key] = {"precision": choice, "seconds": {p: round(seconds[p], 4) for p in PRECISIONS},
@@ -239,9 +239,13 @@ def known_precision() -> str | None:
     """The precision :func:`measured_precision` chose on this CPU and OpenVINO version before (in this
     process or kept in the cache folder), or None where it has not measured yet."""
     path, key = _precision_record_place()
+    return _known_precision(path, key, _read_precision_records(path))
+
+
+def _known_precision(path: Path, key: str, records: dict[str, Any]) -> str | None:
     if (str(path), key) in _measured:
         return _measured[(str(path), key)]
-    known = _read_precision_records(path).get(key)
+    known = records.get(key)
     if isinstance(known, dict) and known.get("precision") in PRECISIONS:
         return known["precision"]
     return None

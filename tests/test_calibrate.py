@@ -9,7 +9,8 @@ import shutil
 import numpy as np
 import pytest
 
-from train.calibrate import apply_curve, choose_curve, fit_affine_l1, fit_curve, fold_age_affine, fold_age_curve
+from core.modelcard import apply_age_curve
+from train.calibrate import choose_curve, fit_affine_l1, fit_curve, fold_age_affine, fold_age_curve
 from train.calibrate import main as calibrate_main
 
 
@@ -67,7 +68,7 @@ def test_the_curve_fit_recovers_a_bend_and_cross_validation_finds_where():
     true = np.where(pred < 24, 0.6 * pred + 9.6, pred)
     coef = fit_curve(pred, true, np.array([24.0]))
     np.testing.assert_allclose(coef, [9.6, 0.6, 0.4], atol=1e-3)  # 1, age, max(age - 24, 0)
-    np.testing.assert_allclose(apply_curve(np.array([10.0, 24.0, 50.0]), coef, np.array([24.0])),
+    np.testing.assert_allclose(apply_age_curve(np.array([10.0, 24.0, 50.0]), coef, np.array([24.0])),
                                [15.6, 24.0, 50.0], atol=1e-3)
     knots, scores = choose_curve(pred, true + rng.laplace(0.0, 2.0, len(pred)))
     assert knots is not None and 24.0 in knots  # the sets that bend at 24 fit; the others cannot
@@ -79,8 +80,8 @@ def test_the_curve_fit_recovers_a_bend_and_cross_validation_finds_where():
 def test_a_folded_curve_maps_the_output_in_the_h5_and_in_its_export(tiny_models, tmp_path, monkeypatch):
     import keras
 
-    from core.models import AgeGenderModels, inference_copy, predict_crops
-    from train.model import AGE_CURVE_LAYERS, compile_args
+    from core.models import AGE_CURVE_LAYERS, AgeGenderModels, inference_copy, predict_crops
+    from train.model import compile_args
 
     pytest.importorskip("openvino")
     from train.export import export_model
@@ -92,7 +93,7 @@ def test_a_folded_curve_maps_the_output_in_the_h5_and_in_its_export(tiny_models,
     coef = np.array([1.0, 0.5, 0.7, -0.2])
     curved = fold_age_curve(model, coef, knots)
     assert all(curved.get_layer(name) is not None for name in AGE_CURVE_LAYERS)
-    np.testing.assert_allclose(predict_crops(curved, x, flip=False), apply_curve(before, coef, knots),
+    np.testing.assert_allclose(predict_crops(curved, x, flip=False), apply_age_curve(before, coef, knots),
                                rtol=1e-5, atol=1e-3)
     again = fold_age_curve(curved, np.array([0.0, 1.0, 0.0, 0.0]), knots)  # same knots: set in place
     assert again is curved
@@ -113,7 +114,7 @@ def test_a_folded_curve_maps_the_output_in_the_h5_and_in_its_export(tiny_models,
         loaded = AgeGenderModels(models, tta=False)
         assert loaded.runtime == runtime
         outputs[runtime] = loaded.predict({32: x}).ages
-    np.testing.assert_allclose(outputs["keras"], apply_curve(before, coef, knots), rtol=1e-5, atol=1e-3)
+    np.testing.assert_allclose(outputs["keras"], apply_age_curve(before, coef, knots), rtol=1e-5, atol=1e-3)
     np.testing.assert_allclose(outputs["export"], outputs["keras"], atol=1e-3)
 
 

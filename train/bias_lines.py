@@ -30,16 +30,25 @@ from pathlib import Path
 
 import numpy as np
 
-from train.calibrate import DEFAULT_KNOTS, apply_curve, choose_curve, fit_affine_l1, fit_curve
+from core.modelcard import apply_age_curve
+from train.calibrate import DEFAULT_KNOTS, choose_curve, fit_affine_l1, fit_curve
 from train.compare import compare
 from train.evaluate import compute_metrics
 
 
-def read_predictions(path: Path) -> dict[str, np.ndarray]:
-    """``age``, ``pred_age``, ``gender`` and ``p_female`` of every scored image in a ``train.evaluate --json``
-    file, one array each."""
-    rows = json.loads(Path(path).read_text())["predictions"]
+def read_rows(path: Path) -> list[dict]:
+    """The per-image predictions of a ``train.evaluate --json`` file."""
+    return json.loads(Path(path).read_text())["predictions"]
+
+
+def prediction_arrays(rows: list[dict]) -> dict[str, np.ndarray]:
+    """``age``, ``pred_age``, ``gender`` and ``p_female`` of every scored image, one array each."""
     return {key: np.array([r[key] for r in rows], np.float64) for key in ("age", "pred_age", "gender", "p_female")}
+
+
+def read_predictions(path: Path) -> dict[str, np.ndarray]:
+    """:func:`prediction_arrays` of a ``train.evaluate --json`` file."""
+    return prediction_arrays(read_rows(path))
 
 
 def bias_under(true: np.ndarray, pred: np.ndarray, age: float = 20.0) -> float:
@@ -88,7 +97,8 @@ def main(argv: list[str] | None = None) -> int:
         print("error: give one --val and one --test file per dataset, in the same order", file=sys.stderr)
         return 2
     val = [(v["age"], v["pred_age"]) for v in map(read_predictions, args.val)]
-    test = [read_predictions(p) for p in args.test]
+    test_rows = [read_rows(p) for p in args.test]
+    test = [prediction_arrays(rows) for rows in test_rows]
     lines = [("as it is", 1.0, 0.0)]
     s, o = fit_affine_l1(np.concatenate([p for _, p in val]), np.concatenate([t for t, _ in val]))
     lines.append(("least absolute deviations on validation", s, o))
@@ -115,11 +125,10 @@ def main(argv: list[str] | None = None) -> int:
     coef = fit_curve(val_pred, val_true, knots)
     grid = np.array([0, 5, 10, 15, 20, 25, 30, 40, 50, 60, 70, 80], float)
     print(f"chosen knots {','.join(f'{k:g}' for k in knots)}, fitted on all validation faces; age -> age': "
-          + ", ".join(f"{a:g} -> {b:.1f}" for a, b in zip(grid, apply_curve(grid, coef, knots))))
-    for path, t in zip(args.test, test):
-        _print_metrics(path, t, apply_curve(t["pred_age"], coef, knots))
-        rows = json.loads(Path(path).read_text())["predictions"]
-        bent = [{**r, "pred_age": float(a)} for r, a in zip(rows, apply_curve(t["pred_age"], coef, knots))]
+          + ", ".join(f"{a:g} -> {b:.1f}" for a, b in zip(grid, apply_age_curve(grid, coef, knots))))
+    for path, t, rows in zip(args.test, test, test_rows):
+        _print_metrics(path, t, apply_age_curve(t["pred_age"], coef, knots))
+        bent = [{**r, "pred_age": float(a)} for r, a in zip(rows, apply_age_curve(t["pred_age"], coef, knots))]
         change = compare({"predictions": rows}, {"predictions": bent}, resamples=args.resamples)["metrics"]
         print("    change, 95 % interval: " + "; ".join(
             f"{k} {change[k]['b_minus_a']:+.3f} [{change[k]['ci95'][0]:+.3f}, {change[k]['ci95'][1]:+.3f}]"

@@ -16,7 +16,7 @@ dataset.
 
 After the line, a bent line (:func:`calibrate_age_model`): a continuous piecewise-linear map of the
 calibrated years, where it bends chosen by cross-validation on the same faces, added after the head as four
-small float32 layers (:data:`train.model.AGE_CURVE_LAYERS`) where it beats the line; ``--no-curve`` leaves
+small float32 layers (:data:`core.models.AGE_CURVE_LAYERS`) where it beats the line; ``--no-curve`` leaves
 it out. A line is the best a single scale can do for every age at once; the curve may, for instance, pull
 down only the young ages that the network over-estimates (``python -m train.bias_lines`` measures it on
 the test splits).
@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from core.modelcard import hinge_basis
+from core.modelcard import apply_age_curve, hinge_basis
 from train.model import AGE_MEAN, AGE_STD
 
 
@@ -63,10 +63,6 @@ def fit_curve(pred: np.ndarray, true: np.ndarray, knots: np.ndarray) -> np.ndarr
     return fit_l1(hinge_basis(pred, knots), true)
 
 
-def apply_curve(pred: np.ndarray, coef: np.ndarray, knots: np.ndarray) -> np.ndarray:
-    return hinge_basis(pred, knots) @ coef
-
-
 def cross_validated_mae(pred: np.ndarray, true: np.ndarray, knots: np.ndarray, *, folds: int = 5,
                         seed: int = 0) -> float:
     """MAE of the bent line on each fold when fitted on the others (faces assigned to folds at random)."""
@@ -76,7 +72,7 @@ def cross_validated_mae(pred: np.ndarray, true: np.ndarray, knots: np.ndarray, *
         held = fold == f
         if held.any():
             coef = fit_curve(pred[~held], true[~held], knots)
-            err[held] = np.abs(apply_curve(pred[held], coef, knots) - true[held])
+            err[held] = np.abs(apply_age_curve(pred[held], coef, knots) - true[held])
     return float(np.mean(err))
 
 
@@ -97,7 +93,7 @@ def fold_age_affine(model, scale: float, offset: float) -> None:
 
 
 def age_curve_knots(model) -> np.ndarray | None:
-    """The knots of ``model``'s calibration curve (:data:`train.model.AGE_CURVE_LAYERS`), None without one."""
+    """The knots of ``model``'s calibration curve (:data:`core.models.AGE_CURVE_LAYERS`), None without one."""
     try:
         layer = model.get_layer("age_hinges")
     except ValueError:
@@ -107,7 +103,7 @@ def age_curve_knots(model) -> np.ndarray | None:
 
 def fold_age_curve(model, coef: np.ndarray, knots: np.ndarray):
     """``model`` with its age output mapped through the curve ``coef`` on :func:`hinge_basis` (``knots``):
-    the same network (weights copied by layer name) followed by :data:`train.model.AGE_CURVE_LAYERS`, whose
+    the same network (weights copied by layer name) followed by :data:`core.models.AGE_CURVE_LAYERS`, whose
     weights are the curve, so the ``.h5`` and its inference export output the curved ages themselves. Returns a
     new model unless ``model`` already has a curve with as many knots (then set in place and returned)."""
     from train.model import build_model

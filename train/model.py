@@ -14,19 +14,15 @@ AGE_STD = 20.0
 
 TASKS = ("multitask", "age", "gender")
 
-#: The layers of an age model's calibration curve (:func:`train.calibrate.fold_age_curve`), after the head:
-#: ``age_years`` (the head's years), ``age_hinges`` (``max(years - knot, 0)`` per knot), ``age_curve_in``
-#: (both side by side) and the output ``age``, their weighted sum: a continuous piecewise-linear map.
-AGE_CURVE_LAYERS = ("age_years", "age_hinges", "age_curve_in")
-
 
 def build_model(task: str, *, input_size: int | None = None, batch_norm: bool = True,
                 dropout: float = 0.3, weight_decay: float = 5e-4, age_knots=()) -> keras.Model:
     """VGGFace VGG16 base + global average pooling + the task's head(s).
 
     - ``age``: linear output in years (``Dense(1)`` then a fixed rescaling), trained with MSE. With
-      ``age_knots``, a calibration curve bending at those ages follows (:data:`AGE_CURVE_LAYERS`), set to the
-      identity here; :func:`train.calibrate.fold_age_curve` sets it. Training builds models without it.
+      ``age_knots``, a calibration curve bending at those ages follows
+      (:data:`core.models.AGE_CURVE_LAYERS`), set to the identity here; :func:`train.calibrate.fold_age_curve`
+      sets it. Training builds models without it.
     - ``gender``: sigmoid probability of *female*, trained with binary cross-entropy.
     - ``multitask``: both plus a 5-way race softmax; used to train the shared backbone from scratch.
 

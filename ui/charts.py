@@ -11,7 +11,7 @@ import plotly.colors
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from core.modelcard import Stage, hinge_basis
+from core.modelcard import Stage, apply_age_curve
 
 #: (training column, validation column, title) for the metric chart of each kind of history.
 METRIC_COLUMNS = {
@@ -203,7 +203,7 @@ def calibration_figure(curve: dict) -> go.Figure:
     """The age model's calibration curve (:func:`core.modelcard.age_curve`) as the years it adds to the age its
     head gives (after the calibration line), knots marked: close to the identity, the change is what shows."""
     ages = np.linspace(0.0, 90.0, 181)
-    reported = hinge_basis(ages, curve["knots"]) @ np.asarray(curve["coefficients"], np.float64)
+    reported = apply_age_curve(ages, curve["coefficients"], curve["knots"])
     fig = go.Figure()
     fig.add_hline(y=0.0, line_dash="dot", line_color="gray")
     fig.add_trace(go.Scatter(x=ages, y=reported - ages, mode="lines", name="reported - head",
