@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import threading
 import warnings
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from functools import lru_cache
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -44,6 +42,7 @@ LARGE_FACE_FRACTION = 0.3
 CUT_VISIBLE_FRACTION = 0.9
 RELAX_FACTOR = 4.0
 
+#: The five landmarks, in the order of MTCNN's output rows.
 LANDMARK_NAMES = ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right")
 
 _lock = threading.Lock()
@@ -66,107 +65,6 @@ class Detection:
         return np.array([self.landmarks[n] for n in LANDMARK_NAMES], dtype=np.float64)
 
 
-#: MTCNN's three networks: their names in the ``mtcnn`` package (weights ``<name>.lz4``) and the side of the
-#: square patches RNet and ONet take (PNet takes whole pyramid levels).
-MTCNN_NETS = (("pnet", None), ("rnet", 24), ("onet", 48))
-
-
-class LiteNet:
-    """One of MTCNN's networks run by LiteRT's XNNPACK CPU kernels, called like the Keras model.
-
-    PNet scans every level of the image pyramid: its convolutions have 3 to 32 channels, which TensorFlow's
-    CPU kernels run far below the CPU's speed (XNNPACK ran PNet's whole 720p pyramid about 3.5x faster).
-    RNet and ONet see a few dozen small patches per photo, where a ``tf.function`` call costs about 2-3 ms
-    of fixed overhead each, more than the arithmetic (``python -m bench.detection``); a LiteRT call costs a
-    fraction of a millisecond. Same outputs as the Keras network to about 1e-5.
-
-    ``patch=None`` (PNet): input ``(1, H, W, 3)``, one interpreter per input shape. ``patch=S`` (RNet, ONet):
-    input ``(N, S, S, 3)``; N is padded up to a bucket (:meth:`bucket`) so a few interpreters serve every N,
-    and the padding rows are dropped from the outputs. At most :attr:`max_shapes` interpreters are kept
-    (least recently used dropped): setting one up costs about twice its run.
-
-    The conversion (about a second) is done once per machine: the flatbuffer is cached
-    (:func:`core.lite.cached_flatbuffer`) under a name made of the mtcnn version, the TensorFlow version that
-    converted it and a hash of the network's weights (:func:`mtcnn_cache_name`), so a new mtcnn or TensorFlow
-    converts again.
-    """
-
-    max_shapes = 48  # PNet: the pyramids of about three photo sizes (240p and 720p together need 37)
-
-    def __init__(self, keras_model, cache_name: str | None = None, *, patch: int | None = None) -> None:
-        import tensorflow as tf
-
-        from core import lite
-        from core.hardware import cpu_threads
-
-        self.patch = patch
-        spec = tf.TensorSpec([1, None, None, 3] if patch is None else [None, patch, patch, 3], tf.float32)
-
-        def convert() -> bytes:
-            return lite.convert(tf.function(lambda x: keras_model(x), input_signature=[spec]))
-
-        self._flatbuffer = lite.cached_flatbuffer(cache_name, convert) if cache_name else convert()
-        # Outputs differ in width (PNet: box regression 4, face probability 2; ONet also landmarks 10):
-        # match LiteRT's outputs to the Keras order by width.
-        probe = tf.zeros([1, 12, 12, 3] if patch is None else [1, patch, patch, 3])
-        self._channels = [int(out.shape[-1]) for out in keras_model(probe)]
-        self._interpreters: OrderedDict[tuple[int, ...], tuple] = OrderedDict()
-        self._threads = cpu_threads()
-
-    @staticmethod
-    def bucket(n: int) -> int:
-        """The batch size that ``n`` patches are padded to: a power of two from 8 to 256, then a multiple
-        of 256 (at most about twice the work, a handful of interpreters)."""
-        if n <= 256:
-            return max(8, 1 << max(0, n - 1).bit_length())
-        return -(-n // 256) * 256
-
-    def _interpreter(self, shape: tuple[int, ...]) -> tuple:
-        if shape in self._interpreters:
-            self._interpreters.move_to_end(shape)
-            return self._interpreters[shape]
-        from ai_edge_litert.interpreter import Interpreter
-
-        interpreter = Interpreter(model_content=self._flatbuffer, num_threads=self._threads)
-        index = interpreter.get_input_details()[0]["index"]
-        interpreter.resize_tensor_input(index, list(shape))
-        interpreter.allocate_tensors()
-        by_channels = {int(d["shape"][-1]): d["index"] for d in interpreter.get_output_details()}
-        entry = (interpreter, index, [by_channels[c] for c in self._channels])
-        self._interpreters[shape] = entry
-        if len(self._interpreters) > self.max_shapes:
-            self._interpreters.popitem(last=False)
-        return entry
-
-    def __call__(self, images):
-        import tensorflow as tf
-
-        x = np.asarray(images, np.float32)
-        n = len(x)
-        if self.patch is not None:
-            size = self.bucket(n)
-            if size != n:
-                x = np.concatenate([x, np.zeros((size - n, *x.shape[1:]), np.float32)])
-        interpreter, index, outputs = self._interpreter(tuple(x.shape))
-        interpreter.set_tensor(index, x)
-        interpreter.invoke()
-        return [tf.convert_to_tensor(interpreter.get_tensor(i)[:n]) for i in outputs]  # padding rows dropped
-
-
-def mtcnn_cache_name(net: str = "pnet") -> str:
-    """The cache file name of one MTCNN network's LiteRT flatbuffer: mtcnn and TensorFlow versions, the
-    network's weights' hash."""
-    import hashlib
-    from importlib.metadata import version
-
-    import mtcnn
-    import tensorflow as tf
-
-    weights = Path(mtcnn.__file__).parent / "assets" / "weights" / f"{net}.lz4"
-    digest = hashlib.sha256(weights.read_bytes()).hexdigest()[:16]
-    return f"mtcnn-{version('mtcnn')}-{net}-{digest}-tf{tf.__version__}.tflite"
-
-
 def new_mtcnn():
     """A new ``mtcnn.MTCNN`` as the package builds it (its networks in Keras, eager), in float32.
 
@@ -184,65 +82,105 @@ def new_mtcnn():
         keras.mixed_precision.set_global_policy(policy)
 
 
-@lru_cache(maxsize=1)
-def get_detector():
-    """The process-wide MTCNN instance (weights ship inside the ``mtcnn`` package).
+class PackageStages:
+    """MTCNN as the ``mtcnn`` package runs it: its stages (TensorFlow ops), its networks as ``tf.function``s.
 
-    Its three networks run on LiteRT's XNNPACK kernels where :func:`core.lite.enabled` (:class:`LiteNet`),
-    otherwise (or where a conversion fails) as ``tf.function``s: mtcnn 1.0 calls its networks eagerly, once
-    per pyramid level, which made them about 4x slower at 240p and 1.5x at 1080p (python -m bench).
+    Used where LiteRT is absent or switched off (``AGEGENDER_LITERT=0``), or where converting the networks
+    failed. mtcnn 1.0 calls its networks eagerly, once per pyramid level, which made them about 4x slower
+    at 240p and 1.5x at 1080p (python -m bench); wrapped in ``tf.function`` they trace once per shape.
     """
-    from core.hardware import import_tensorflow
 
-    import_tensorflow()  # maybe while the models load in another thread (core.pipeline.prepare)
-    import tensorflow as tf
+    runtime = "tensorflow"
 
+    def __init__(self) -> None:
+        from core.hardware import import_tensorflow
+
+        import_tensorflow()  # maybe while the models load in another thread (core.pipeline.prepare)
+        import tensorflow as tf
+
+        self.mtcnn = new_mtcnn()
+        for stage in self.mtcnn.stages:
+            # mtcnn 1.0.0 keeps each stage's network in ``_model``
+            stage._model = tf.function(stage.model, reduce_retracing=True, autograph=False)
+
+    def __call__(self, rgb: np.ndarray, *, min_face_size: float, threshold_onet: float) -> np.ndarray:
+        """The three stages on one image, in :func:`core.mtcnn_lite.detect`'s row layout.
+
+        As ``MTCNN.detect_faces`` for one image, except that the normalised image becomes a tensor once:
+        ``detect_faces`` hands the stages a NumPy array, which TensorFlow copies into a new tensor for every
+        pyramid level and every patch extraction (at 720p that cost more than PNet itself)."""
+        import tensorflow as tf
+
+        image = tf.convert_to_tensor(((rgb.astype(np.float32) - 127.5) / 128.0)[None])  # mtcnn's [-1, 1]
+        params = {"min_face_size": min_face_size, "threshold_onet": threshold_onet}
+        boxes = None
+        try:
+            for stage in self.mtcnn.stages:
+                boxes = stage(bboxes_batch=boxes, images_normalized=image, images_oshapes=np.asarray([rgb.shape]),
+                              **params)
+                if len(boxes) == 0:
+                    return np.empty((0, 16))
+        except tf.errors.InvalidArgumentError:  # mtcnn's way of saying "no face" in some corner cases
+            return np.empty((0, 16))
+        return np.asarray(boxes, dtype=np.float64)
+
+
+class LiteStages:
+    """MTCNN's stages in NumPy/OpenCV on LiteRT networks (:mod:`core.mtcnn_lite`): no TensorFlow once the
+    networks are converted (once per machine)."""
+
+    runtime = "litert"
+
+    def __init__(self) -> None:
+        from core import mtcnn_lite
+
+        self.nets = mtcnn_lite.load_nets()
+
+    def __call__(self, rgb: np.ndarray, *, min_face_size: float, threshold_onet: float) -> np.ndarray:
+        from core import mtcnn_lite
+
+        return mtcnn_lite.detect(rgb, self.nets, min_face_size=min_face_size, threshold_onet=threshold_onet)
+
+
+@lru_cache(maxsize=1)
+def get_detector() -> LiteStages | PackageStages:
+    """The process-wide MTCNN (weights ship inside the ``mtcnn`` package).
+
+    Where :func:`core.lite.enabled`, its stages run in NumPy on LiteRT networks (:class:`LiteStages`), which
+    needs no TensorFlow after the first start on a machine; otherwise, or where that fails, as the package
+    runs them (:class:`PackageStages`).
+    """
     from core import lite
 
-    detector = new_mtcnn()
-
-    use_lite = lite.enabled()
-    for stage, (net, patch) in zip(detector.stages, MTCNN_NETS, strict=True):
-        keras_net = stage.model  # mtcnn 1.0.0 keeps each stage's network in ``_model``
-        stage._model = tf.function(keras_net, reduce_retracing=True, autograph=False)
-        if not use_lite:
-            continue
+    if lite.enabled():
         try:
-            stage._model = LiteNet(keras_net, mtcnn_cache_name(net), patch=patch)
+            return LiteStages()
         except Exception as error:  # a conversion or runtime failure must not stop detection: stay in TF
-            warnings.warn(f"MTCNN's {net.upper()} could not run on LiteRT ({error}); it runs in TensorFlow "
-                          "instead (slower). Set AGEGENDER_LITERT=0 to skip the attempt.", RuntimeWarning,
-                          stacklevel=2)
-    return detector
+            warnings.warn(f"MTCNN could not run on LiteRT ({error}); it runs in TensorFlow instead (slower). "
+                          "Set AGEGENDER_LITERT=0 to skip the attempt.", RuntimeWarning, stacklevel=2)
+    return PackageStages()
 
 
 def _run_mtcnn(rgb: np.ndarray, *, min_face_size: float, threshold_onet: float) -> list[dict]:
-    """MTCNN's three stages on one RGB image; mtcnn's JSON-style dicts (box x, y, w, h; keypoints).
-
-    The same steps as ``MTCNN.detect_faces`` for one image, except that the normalised image becomes a
-    tensor once. ``detect_faces`` hands the stages a NumPy array, which TensorFlow copies into a new
-    tensor for every pyramid level and every patch extraction; at 720p that cost more than PNet itself.
-    """
-    import tensorflow as tf
-    from mtcnn.utils.bboxes import limit_bboxes, to_json
-
-    image = tf.convert_to_tensor(((rgb.astype(np.float32) - 127.5) / 128.0)[None])  # mtcnn's [-1, 1]
-    shapes = np.asarray([rgb.shape])
-    params = {"min_face_size": min_face_size, "threshold_onet": threshold_onet}
-    boxes = None
-    try:
-        for stage in get_detector().stages:
-            boxes = stage(bboxes_batch=boxes, images_normalized=image, images_oshapes=shapes, **params)
-            if len(boxes) == 0:
-                return []
-    except tf.errors.InvalidArgumentError:  # mtcnn's way of saying "no face" in some corner cases
-        return []
-    raw = np.asarray(boxes, dtype=np.float64)
-    boxes = limit_bboxes(boxes, images_shapes=shapes, limit_landmarks=False)
-    faces = to_json(boxes, images_count=1, input_as_width_height=False, output_as_width_height=True)[0]
-    for face, before, after in zip(faces, raw, np.asarray(boxes, dtype=np.float64), strict=True):
-        area = max(1e-6, (before[3] - before[1]) * (before[4] - before[2]))
-        face["visible"] = float(np.clip((after[3] - after[1]) * (after[4] - after[2]) / area, 0.0, 1.0))
+    """MTCNN on one RGB image; faces as ``mtcnn``'s JSON-style dicts (``box`` x, y, w, h and ``keypoints``,
+    both rounded to whole pixels and the box clipped to the image, as ``MTCNN.detect_faces`` gives them),
+    plus ``visible``: the share of the unclipped box inside the image."""
+    rows = get_detector()(rgb, min_face_size=min_face_size, threshold_onet=threshold_onet)
+    h, w = rgb.shape[:2]
+    clipped = rows.copy()
+    clipped[:, [1, 3]] = np.clip(clipped[:, [1, 3]], 0, w - 1)
+    clipped[:, [2, 4]] = np.clip(clipped[:, [2, 4]], 0, h - 1)
+    faces = []
+    for raw, row in zip(rows, clipped, strict=True):
+        box = np.asarray([row[1], row[2], row[3] - row[1], row[4] - row[2]]).round().astype(int)
+        marks = row[6:16].round().astype(int)
+        area = max(1e-6, (raw[3] - raw[1]) * (raw[4] - raw[2]))
+        faces.append({
+            "box": box.tolist(),
+            "confidence": float(row[5]),
+            "keypoints": {name: [int(marks[i]), int(marks[i + 5])] for i, name in enumerate(LANDMARK_NAMES)},
+            "visible": float(np.clip((row[3] - row[1]) * (row[4] - row[2]) / area, 0.0, 1.0)),
+        })
     return faces
 
 

@@ -1,8 +1,9 @@
 """LiteRT (``ai-edge-litert``, XNNPACK kernels) for the networks it runs faster than TensorFlow on a CPU.
 
-Used for MTCNN's three networks (:class:`core.detect.LiteNet`): PNet about 3.5x faster than TensorFlow on a 2-core AVX2
-CPU (README, "Speed"). ``AGEGENDER_LITERT=0`` switches LiteRT off; where ``ai-edge-litert`` has no wheel,
-everything runs in TensorFlow. Converted networks are stored in a cache folder (:func:`cache_dir`), so a
+Used for MTCNN's three networks (:class:`core.mtcnn_lite.LiteNet`): PNet about 3.5x faster than TensorFlow on
+a 2-core AVX2 CPU (README, "Speed"), and with MTCNN's stages in NumPy (:mod:`core.mtcnn_lite`) detection needs no
+TensorFlow at all. ``AGEGENDER_LITERT=0`` switches LiteRT off; where ``ai-edge-litert`` has no wheel, MTCNN runs
+as its package runs it, in TensorFlow. Converted networks are stored in a cache folder (:func:`cache_dir`), so a
 process converts only what no earlier process on the machine has converted.
 """
 

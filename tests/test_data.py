@@ -231,6 +231,32 @@ def test_landmarks_cli_computes_what_is_missing(tmp_path, monkeypatch, capsys):
     assert lm.main(["--data-dir", str(tmp_path / "nope")]) == 2
 
 
+def test_landmarks_check_compares_the_store_with_detection_now(tmp_path, monkeypatch, capsys):
+    """``--check`` re-detects a sample and counts identical entries, the largest difference, faces lost and
+    gained; it writes nothing."""
+    folder = tmp_path / "aaf"
+    make_aaf_folder(folder, n=6)
+    samples, _ = scan(folder)
+    names = [s.name for s in samples]
+    nan = np.full((5, 2), np.nan, np.float32)
+    stored = {names[0]: fake_marks(0), names[1]: fake_marks(1), names[2]: nan, names[3]: nan,
+              names[4]: fake_marks(4), names[5]: fake_marks(5)}
+    now = {names[0]: fake_marks(0), names[1]: fake_marks(1) + 0.75, names[2]: nan, names[3]: fake_marks(3),
+           names[4]: nan, names[5]: fake_marks(5) + 1e-4}
+    split_dir = tmp_path / "split"
+    store = split_dir / "landmarks.npz"
+    lm.write_landmarks(store, {n: ((folder / n).stat().st_size, m) for n, m in stored.items()}, dataset="aaf")
+    written = store.read_bytes()
+    monkeypatch.setattr(lm, "detect_landmarks", lambda path: now[Path(path).name])
+    r = lm.check(folder, split_dir, sample=100)
+    assert (r["checked"], r["identical"], r["faces_lost"], r["faces_gained"]) == (6, 3, 1, 1)
+    assert r["max_diff_px"] == 0.75
+    assert lm.main(["--data-dir", str(folder), "--split-dir", str(split_dir), "--check", "100"]) == 0
+    assert "3 of 6 images as stored" in capsys.readouterr().out
+    assert store.read_bytes() == written
+    assert lm.check(folder, split_dir, sample=2)["checked"] == 2
+
+
 # ---- augmentation and the tf.data pipelines ------------------------------------------------------------------
 
 @pytest.fixture(scope="module")

@@ -56,7 +56,8 @@ def test_detector_built_once():
 
 
 def test_detector_matches_stock_mtcnn(astronaut):
-    """Our single-tensor driver of the three stages gives mtcnn 1.0's own detections."""
+    """Our detector (NumPy stages on LiteRT, or the package's stages on one tensor) gives mtcnn 1.0's own
+    detections, in its JSON layout."""
     from mtcnn import MTCNN
 
     from core.detect import _run_mtcnn
@@ -99,18 +100,19 @@ def test_lite_pnet_matches_the_keras_pnet():
     pytest.importorskip("ai_edge_litert")
     from mtcnn import MTCNN
 
-    from core.detect import LiteNet
+    from core.mtcnn_lite import OUTPUT_WIDTHS, LiteNet, convert
 
     keras_pnet = MTCNN(device="CPU:0").stages[0].model
-    lite = LiteNet(keras_pnet)
+    lite = LiteNet(convert(keras_pnet, None), OUTPUT_WIDTHS["pnet"])
     lite.max_shapes = 2
     rng = np.random.default_rng(0)
     for h, w in ((12, 12), (100, 151), (217, 386), (100, 151)):
         x = rng.uniform(-1, 1, (1, h, w, 3)).astype(np.float32)
         ours, theirs = lite(x), keras_pnet(x)
-        assert [tuple(o.shape) for o in ours] == [tuple(t.shape) for t in theirs]
+        assert [o.shape for o in ours] == [tuple(t.shape) for t in theirs]
         for o, t in zip(ours, theirs):
-            np.testing.assert_allclose(o.numpy(), np.asarray(t), atol=1e-4)
+            assert isinstance(o, np.ndarray)
+            np.testing.assert_allclose(o, np.asarray(t), atol=1e-4)
     assert list(lite._interpreters) == [(1, 217, 386, 3), (1, 100, 151, 3)]
 
 
@@ -120,61 +122,61 @@ def test_lite_rnet_and_onet_match_keras_for_any_number_of_patches():
     pytest.importorskip("ai_edge_litert")
     from mtcnn import MTCNN
 
-    from core.detect import LiteNet
+    from core.mtcnn_lite import OUTPUT_WIDTHS, LiteNet, convert
 
     assert [LiteNet.bucket(n) for n in (1, 8, 9, 33, 256, 257, 600)] == [8, 8, 16, 64, 256, 512, 768]
     stages = MTCNN(device="CPU:0").stages
     rng = np.random.default_rng(1)
-    for stage, patch in ((stages[1], 24), (stages[2], 48)):
-        lite = LiteNet(stage.model, patch=patch)
+    for stage, net, patch in ((stages[1], "rnet", 24), (stages[2], "onet", 48)):
+        lite = LiteNet(convert(stage.model, patch), OUTPUT_WIDTHS[net], patch=patch)
         for n in (1, 5, 37, 300):
             x = rng.uniform(-1, 1, (n, patch, patch, 3)).astype(np.float32)
             ours, theirs = lite(x), stage.model(x)
-            assert [tuple(o.shape) for o in ours] == [tuple(t.shape) for t in theirs]
+            assert [o.shape for o in ours] == [tuple(t.shape) for t in theirs]
             for o, t in zip(ours, theirs):
-                np.testing.assert_allclose(o.numpy(), np.asarray(t), atol=1e-4)
+                np.testing.assert_allclose(o, np.asarray(t), atol=1e-4)
         assert sorted(s[0] for s in lite._interpreters) == [8, 64, 512]
 
 
-def test_lite_pnet_is_converted_once_and_cached(tmp_path, monkeypatch):
-    """The flatbuffer is stored under its cache name; the next LiteNet loads it without converting; a
-    corrupt or missing file is converted again. The name changes with mtcnn's weights and versions."""
+def test_lite_nets_are_converted_once_and_cached(tmp_path, monkeypatch):
+    """Each network's flatbuffer is stored under its cache name; the next load reads it without converting
+    (and without TensorFlow); a corrupt file is converted again. The name carries mtcnn's weights and the
+    versions."""
     pytest.importorskip("ai_edge_litert")
-    from mtcnn import MTCNN
-
-    from core import lite
-    from core.detect import LiteNet, mtcnn_cache_name
+    from core import mtcnn_lite
 
     monkeypatch.setenv("AGEGENDER_CACHE_DIR", str(tmp_path))
-    name = mtcnn_cache_name()
+    name = mtcnn_lite.cache_name("pnet")
     assert name.startswith("mtcnn-1.0.0-pnet-") and name.endswith(".tflite")
-    keras_pnet = MTCNN(device="CPU:0").stages[0].model
-    first = LiteNet(keras_pnet, name)
-    assert (tmp_path / name).read_bytes() == first._flatbuffer
+    assert mtcnn_lite.tensorflow_version() in name
+    first = mtcnn_lite.load_nets()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(mtcnn_lite.cache_name(n) for n in mtcnn_lite.NETS)
     conversions = []
-    convert = lite.convert
-    monkeypatch.setattr(lite, "convert", lambda function: conversions.append(1) or convert(function))
-    x = np.random.default_rng(0).uniform(-1, 1, (1, 40, 50, 3)).astype(np.float32)
-    cached = LiteNet(keras_pnet, name)
+    convert = mtcnn_lite.convert
+    monkeypatch.setattr(mtcnn_lite, "convert", lambda *a: conversions.append(1) or convert(*a))
+    cached = mtcnn_lite.load_nets()
     assert conversions == []
-    for o, t in zip(cached(x), keras_pnet(x)):
-        np.testing.assert_allclose(o.numpy(), np.asarray(t), atol=1e-4)
+    assert all(cached[n].flatbuffer == first[n].flatbuffer for n in mtcnn_lite.NETS)
     (tmp_path / name).write_bytes(b"not a flatbuffer")
-    LiteNet(keras_pnet, name)
-    assert conversions == [1] and (tmp_path / name).read_bytes() == first._flatbuffer
+    again = mtcnn_lite.load_nets()
+    assert conversions == [1] and (tmp_path / name).read_bytes() == again["pnet"].flatbuffer
+    x = np.random.default_rng(0).uniform(-1, 1, (1, 40, 50, 3)).astype(np.float32)
+    for o, t in zip(again["pnet"](x), first["pnet"](x)):
+        np.testing.assert_allclose(o, t, atol=1e-6)
 
 
-def test_detector_without_litert_runs_pnet_in_tensorflow(astronaut, monkeypatch):
-    """AGEGENDER_LITERT=0 (and platforms without LiteRT wheels) run PNet with TensorFlow: same face."""
-    from core.detect import LiteNet
+def test_detector_without_litert_runs_the_package_in_tensorflow(astronaut, monkeypatch):
+    """AGEGENDER_LITERT=0 (and platforms without LiteRT wheels) run the package's own stages with
+    TensorFlow: the same face."""
+    from core.detect import LiteStages, PackageStages
 
     lite_face = detect_faces(astronaut)[0]
     has_litert = importlib.util.find_spec("ai_edge_litert") is not None
-    assert [isinstance(stage._model, LiteNet) for stage in get_detector().stages] == [has_litert] * 3
+    assert isinstance(get_detector(), LiteStages if has_litert else PackageStages)
     monkeypatch.setenv("AGEGENDER_LITERT", "0")
     get_detector.cache_clear()
     try:
-        assert not any(isinstance(stage._model, LiteNet) for stage in get_detector().stages)
+        assert isinstance(get_detector(), PackageStages)
         faces = detect_faces(astronaut)
     finally:
         get_detector.cache_clear()
@@ -186,16 +188,17 @@ def test_detector_without_litert_runs_pnet_in_tensorflow(astronaut, monkeypatch)
 def test_detector_falls_back_to_tensorflow_when_litert_fails(astronaut, monkeypatch):
     """A LiteRT conversion failure is a warning, not a broken detector."""
     pytest.importorskip("ai_edge_litert")
-    import core.detect as detect
+    from core import mtcnn_lite
+    from core.detect import PackageStages
 
-    def broken(_model, _cache_name=None, **_kwargs):
+    def broken(*_args, **_kwargs):
         raise RuntimeError("converter exploded")
 
-    monkeypatch.setattr(detect, "LiteNet", broken)
+    monkeypatch.setattr(mtcnn_lite, "load_nets", broken)
     get_detector.cache_clear()
     try:
         with pytest.warns(RuntimeWarning, match="converter exploded"):
-            get_detector()
+            assert isinstance(get_detector(), PackageStages)
         assert len(detect_faces(astronaut)) == 1
     finally:
         get_detector.cache_clear()

@@ -2,6 +2,7 @@
 
     python -m train.landmarks --data-dir ../shared/data/utkface --data-dir ../shared/data/aaf
     python -m train.landmarks --data-dir ../shared/data/aaf --force      # recompute every image
+    python -m train.landmarks --data-dir ../shared/data/utkface --check 300  # stored == detected now?
 
 Training on the app's crop (``--crop aligned``) needs the landmarks of the largest face MTCNN finds on each
 image, exactly as the app detects it (:func:`core.detect.detect_faces`); the crop is then
@@ -16,7 +17,10 @@ between machines, so they live in ``train/splits/<dataset>/landmarks.npz``:
 
 :func:`train.data.chip_landmarks` reads this file first and computes only what is missing; a file made by
 another detector version is ignored with a warning. This command computes or refreshes it: without
-``--force`` entries of the current version are kept and only missing names are computed.
+``--force`` entries of the current version are kept and only missing names are computed. ``--check N``
+writes nothing: it detects N stored images again (seeded sample) and reports how many give the stored
+landmarks, the largest difference, and faces lost or gained: the test for whether a change of the detector's
+code must bump :data:`core.detect.DETECTOR_VERSION`.
 """
 
 from __future__ import annotations
@@ -181,6 +185,38 @@ def refresh(data_dir: Path, split_dir: Path | None = None, *, force: bool = Fals
     return header
 
 
+def check(data_dir: Path, split_dir: Path | None = None, *, sample: int = 300, seed: int = 0) -> dict:
+    """Detect ``sample`` stored images of the dataset again (seeded) and compare with the store: how many
+    are identical (both no face, or every landmark within 1e-3 px), the largest landmark difference in px
+    over images with a face both times, and faces lost (stored, none now) or gained."""
+    import random
+
+    from train.data import Source
+
+    src = Source.of(data_dir, split_dir)
+    stored = read_landmarks(src.landmarks_file)
+    if stored is None:
+        raise FileNotFoundError(f"no landmarks stored in {src.landmarks_file}: python -m train.landmarks "
+                                f"--data-dir {data_dir}")
+    table, header = stored
+    names = [n for n in sorted(table) if (src.data_dir / n).is_file()]
+    names = random.Random(seed).sample(names, min(sample, len(names)))
+    identical, lost, gained, worst = 0, 0, 0, 0.0
+    for name in names:
+        before, now = table[name][1], detect_landmarks(src.data_dir / name)
+        had, has = not np.isnan(before).any(), not np.isnan(now).any()
+        lost, gained = lost + (had and not has), gained + (has and not had)
+        if had and has:
+            diff = float(np.abs(now - before).max())
+            worst = max(worst, diff)
+            identical += diff < 1e-3
+        else:
+            identical += had == has
+    return {"dataset": src.name, "store": str(src.landmarks_file), "stored_detector": header.get("detector"),
+            "checked": len(names), "identical": identical, "max_diff_px": round(worst, 3), "faces_lost": lost,
+            "faces_gained": gained}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m train.landmarks", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -190,13 +226,22 @@ def main(argv: list[str] | None = None) -> int:
                         help="its split folder, one per --data-dir in the same order (default train/splits/<dataset>)")
     parser.add_argument("--force", action="store_true", help="recompute every image, not only missing ones")
     parser.add_argument("--limit", type=int, help="only the first N names of the split (for a quick check)")
+    parser.add_argument("--check", type=int, metavar="N",
+                        help="write nothing: detect N stored images again and compare with the store")
     args = parser.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from train.data import sources
 
     try:
         for src in sources(args.data_dir, args.split_dir).values():
-            refresh(src.data_dir, src.split_dir, force=args.force, limit=args.limit)
+            if args.check:
+                r = check(src.data_dir, src.split_dir, sample=args.check)
+                print(f"{r['dataset']}: {r['identical']} of {r['checked']} images as stored (by "
+                      f"{r['stored_detector']}), largest landmark difference {r['max_diff_px']} px, "
+                      f"{r['faces_lost']} faces lost, {r['faces_gained']} gained", flush=True)
+                print(json.dumps(r))
+            else:
+                refresh(src.data_dir, src.split_dir, force=args.force, limit=args.limit)
     except (FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
