@@ -96,6 +96,9 @@ def measure_ours(manifest: dict, repeats: int) -> dict:
     out["chips_per_s"] = chips_per_second(chips, models)
     # without the test-time flipped copy: half the model work
     out["chips_per_s_no_tta"] = chips_per_second(chips, load_models(tta=False))
+    from core.detect import get_detector
+
+    out["detector"] = get_detector().runtime
     return out
 
 
@@ -136,13 +139,15 @@ def main(argv: list[str] | None = None) -> int:
     from core.hardware import cpu_description
 
     machine = (f"{platform.machine()}, {cpu_description()}, models on {ours['runtime']} in {ours['precision']}"
-               f"{', one shared trunk' if ours['shared_trunk'] else ''}, Python {platform.python_version()}")
+               f"{', one shared trunk' if ours['shared_trunk'] else ''}, MTCNN on {ours['detector']}, "
+               f"Python {platform.python_version()}")
     if os.environ.get("ONEDNN_MAX_CPU_ISA"):
         machine += (f", our oneDNN kernels capped at {os.environ['ONEDNN_MAX_CPU_ISA']} (ONEDNN_MAX_CPU_ISA; "
                     "an emulation: LiteRT and the peer uncapped)")
     print(f"machine: {machine}")
     print(f"{'input':<16}{'ours ms':>10}{'peer ms':>10}{'ours/peer':>11}{'faces (ours/peer)':>20}")
     summary: dict = {"machine": machine, "runtime": ours["runtime"], "precision": ours["precision"],
+                     "detector": ours["detector"],
                      "shared_trunk": ours["shared_trunk"], "repeats": repeats, "chips": n_chips}
     for key, ms in ours["latency_ms"].items():
         pm = peer["latency_ms"].get(key) if peer else None

@@ -1,5 +1,9 @@
 """Face detection with MTCNN (``mtcnn`` 1.0), built once per process.
 
+MTCNN's stages run in NumPy on its networks converted to LiteRT (:mod:`core.mtcnn_lite`, no TensorFlow), or as
+the ``mtcnn`` package runs them where LiteRT is absent or off (:class:`PackageStages`); both give mtcnn's
+detections. :func:`detect_faces` adds what the app needs on top: two passes, large and cut faces.
+
 Large photos are downscaled before detection (longest side at most :data:`DETECT_MAX_SIDE`) and boxes are
 mapped back to original pixels. ``min_face_size`` above 20 px is implemented by downscaling too: that is
 faster, and it avoids an ``mtcnn`` 1.0.0 bug where its image pyramid shrinks below PNet's 12 px input and
@@ -70,7 +74,11 @@ def new_mtcnn():
 
     MTCNN's networks are float32 Keras models: built under a global mixed_bfloat16 policy (as in training)
     they would compute in bf16, and mtcnn's box code then fails on bf16 arrays. The policy is restored after.
+    Used to run the package's stages (:class:`PackageStages`) and to convert its networks to LiteRT.
     """
+    from core.hardware import import_tensorflow
+
+    import_tensorflow()  # maybe while the models load in another thread (core.pipeline.prepare)
     import keras
     from mtcnn import MTCNN
 
@@ -90,15 +98,12 @@ class PackageStages:
     at 240p and 1.5x at 1080p (python -m bench); wrapped in ``tf.function`` they trace once per shape.
     """
 
-    runtime = "tensorflow"
+    runtime = "tensorflow"  #: what runs the networks (``python -m bench`` prints it)
 
     def __init__(self) -> None:
-        from core.hardware import import_tensorflow
-
-        import_tensorflow()  # maybe while the models load in another thread (core.pipeline.prepare)
+        self.mtcnn = new_mtcnn()  # imports TensorFlow first, one thread at a time
         import tensorflow as tf
 
-        self.mtcnn = new_mtcnn()
         for stage in self.mtcnn.stages:
             # mtcnn 1.0.0 keeps each stage's network in ``_model``
             stage._model = tf.function(stage.model, reduce_retracing=True, autograph=False)
@@ -129,7 +134,7 @@ class LiteStages:
     """MTCNN's stages in NumPy/OpenCV on LiteRT networks (:mod:`core.mtcnn_lite`): no TensorFlow once the
     networks are converted (once per machine)."""
 
-    runtime = "litert"
+    runtime = "litert"  #: what runs the networks (``python -m bench`` prints it)
 
     def __init__(self) -> None:
         from core import mtcnn_lite
