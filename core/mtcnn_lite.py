@@ -105,7 +105,7 @@ class LiteNet:
         interpreter, index, outputs = self._interpreter(tuple(x.shape))
         interpreter.set_tensor(index, x)
         interpreter.invoke()
-        return [interpreter.get_tensor(i)[:n].copy() for i in outputs]  # padding rows dropped
+        return [interpreter.get_tensor(i)[:n] for i in outputs]  # get_tensor copies; padding rows dropped
 
 
 # --- The networks: the package's weights, converted once per machine --------------------------------------
