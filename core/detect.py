@@ -20,6 +20,8 @@ from functools import lru_cache
 import cv2
 import numpy as np
 
+from core import mtcnn_lite  # NumPy and OpenCV only at import: nothing loads until get_detector()
+
 #: Longest side of the image given to MTCNN; larger photos are downscaled for detection only.
 DETECT_MAX_SIDE = 1280
 
@@ -137,13 +139,9 @@ class LiteStages:
     runtime = "litert"  #: what runs the networks (``python -m bench`` prints it)
 
     def __init__(self) -> None:
-        from core import mtcnn_lite
-
         self.nets = mtcnn_lite.load_nets()
 
     def __call__(self, rgb: np.ndarray, *, min_face_size: float, threshold_onet: float) -> np.ndarray:
-        from core import mtcnn_lite
-
         return mtcnn_lite.detect(rgb, self.nets, min_face_size=min_face_size, threshold_onet=threshold_onet)
 
 
