@@ -23,9 +23,11 @@ install-dev: $(VENV)/.dev
 # The inference export of each shipped model (OpenVINO IR next to the .h5, see README "How it works"): made once
 # here, from the committed .h5, not at every start; redone when the .h5 changes. core checks its sha256 and falls
 # back to the .h5 if the export is missing or stale, so a failed export only costs speed.
+# The int8 heads are built from models/<task>_model.int8.json (python -m train.quantize), redone when it changes.
 EXPORTS := models/age_model.export.json models/gender_model.export.json
 export: $(EXPORTS)
-models/%_model.export.json: models/%_model.h5 | $(VENV)/.runtime
+.SECONDEXPANSION:
+models/%_model.export.json: models/%_model.h5 $$(wildcard models/$$*_model.int8.json) | $(VENV)/.runtime
 	$(BIN)/python -m train.export --tasks $* || echo "warning: no inference export for $*; the app runs the .h5"
 
 run: install export
@@ -54,6 +56,7 @@ models: install
 	$(BIN)/python -m train.evaluate --data-dir $(DATA) --json models/metrics_test_chip.json
 	$(BIN)/python -m train.evaluate --data-dir $(DATA) --detect --json models/metrics_test_detect.json
 	$(BIN)/python -m train.export --data-dir $(DATA)
+	$(BIN)/python -m train.quantize --data-dir $(DATA) --data-dir $(AAF)
 	$(BIN)/python -m train.reliability --data-dir $(DATA) --data-dir $(AAF)
 	$(BIN)/python -m train.card
 

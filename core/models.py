@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+import warnings
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -24,12 +25,14 @@ from core.errors import ModelNotFound
 from core.reliability import GenderReliability
 from core.runtime import (
     Network,
+    compile_precision,
+    export_parts,
     known_precision,
     measured_precision,
     openvino_network,
-    part_path,
     runtime_choice,
     usable_export,
+    usable_int8,
     weights_digest,
 )
 from core.vggface import preprocess_input
@@ -97,19 +100,23 @@ FLOAT32_LAYERS = ("age_dense", *AGE_CURVE_LAYERS, "age", "gender", "race")
 
 
 def precision_override() -> str | None:
-    """``AGEGENDER_PRECISION`` when it names a precision (``float32``/``bfloat16``), else None (``auto``)."""
+    """``AGEGENDER_PRECISION`` when it names a precision (``float32``/``bfloat16``/``int8``), else None
+    (``auto``)."""
     choice = os.environ.get("AGEGENDER_PRECISION", "auto").strip().lower()
-    return choice if choice in ("float32", "bfloat16") else None
+    return choice if choice in ("float32", "bfloat16", "int8") else None
 
 
 def inference_precision() -> str:
-    """``bfloat16`` where the CPU has native bf16 math, else ``float32``; AGEGENDER_PRECISION overrides.
+    """The Keras path's precision: ``bfloat16`` where the CPU has native bf16 math, else ``float32``;
+    AGEGENDER_PRECISION overrides (``int8`` exists only in the export: Keras runs float32 then).
 
-    This is the Keras path's precision; the export measures which of the two is faster on such a CPU
-    (:func:`core.runtime.measured_precision`)."""
+    The export measures which precision is fastest on the CPU instead (:func:`export_candidates`)."""
     from core.hardware import cpu_supports_bf16
 
-    return precision_override() or ("bfloat16" if cpu_supports_bf16() else "float32")
+    override = precision_override()
+    if override in ("float32", "bfloat16"):
+        return override
+    return "bfloat16" if override is None and cpu_supports_bf16() else "float32"
 
 
 def inference_copy(model, *, bfloat16: bool = False):
@@ -290,64 +297,110 @@ def _keras_networks(paths: dict[str, Path], precision: str) -> Networks:
 
 
 def _export_networks(paths: dict[str, Path], records: dict[str, dict[str, Any]], precision: str) -> Networks:
-    """The exported parts (``records``: their checked sidecars); one trunk compiled where both are equal."""
+    """The exported parts in ``precision`` (``records``: their checked sidecars); one trunk compiled where
+    both are equal."""
     shared = records["age"]["trunk_sha256"] == records["gender"]["trunk_sha256"]
     trunks, heads = {}, {}
     for task, path in paths.items():
+        parts = export_parts(path, precision)
         trunks[task] = (trunks["age"] if shared and task == "gender"
-                        else openvino_network(part_path(path, "trunk"), precision))
-        heads[task] = openvino_network(part_path(path, "head"), precision)
+                        else openvino_network(parts["trunk"], compile_precision(precision)))
+        heads[task] = openvino_network(parts["head"], compile_precision(precision))
     return Networks("export", precision, trunks, heads)
 
 
-def _export_precision(paths: dict[str, Path], precision: str) -> str:
-    """The precision the export of ``paths`` runs in: ``precision`` (:func:`inference_precision`), except on a
-    CPU with bf16 math without AGEGENDER_PRECISION, where it is whichever measured faster there
-    (:func:`core.runtime.measured_precision`)."""
-    if precision == "bfloat16" and precision_override() is None:
-        return measured_precision(paths["age"])
-    return precision
+def int8_unusable(paths: dict[str, Path], records: dict[str, dict[str, Any]]) -> str:
+    """Why the int8 heads of ``paths`` cannot run (``records``: their usable export sidecars); "" where they can."""
+    return next((why for path, task in zip(paths.values(), paths) for ok, why in [usable_int8(path, records[task])]
+                 if not ok), "")
+
+
+def export_candidates(paths: dict[str, Path], records: dict[str, dict[str, Any]]) -> tuple[str, ...]:
+    """The precisions the export of ``paths`` can run in on this CPU: float32; bfloat16 where the CPU has bf16
+    math; int8 where both int8 heads are built and current."""
+    from core.hardware import cpu_supports_bf16
+
+    return (("float32",) + (("bfloat16",) if cpu_supports_bf16() else ())
+            + (("int8",) if not int8_unusable(paths, records) else ()))
+
+
+def _export_precision(paths: dict[str, Path], records: dict[str, dict[str, Any]], runtime: str) -> str:
+    """The precision the export runs in: AGEGENDER_PRECISION's where set (int8 where its heads cannot run: an
+    error with ``AGEGENDER_RUNTIME=export``, float32 with a warning otherwise); else the only candidate
+    (:func:`export_candidates`), or whichever measured fastest on this CPU
+    (:func:`core.runtime.measured_precision`, once per CPU)."""
+    override = precision_override()
+    if override == "int8":
+        why = int8_unusable(paths, records)
+        if not why:
+            return "int8"
+        if runtime == "export":
+            raise ModelNotFound(f"AGEGENDER_PRECISION=int8, but {why}.")
+        warnings.warn(f"AGEGENDER_PRECISION=int8, but {why}; running the export in float32", stacklevel=2)
+        return "float32"
+    if override:
+        return override
+    candidates = export_candidates(paths, records)
+    return candidates[0] if len(candidates) == 1 else measured_precision(paths["age"], candidates)
+
+
+def _usable_exports(paths: dict[str, Path]) -> tuple[dict[str, dict[str, Any]], str]:
+    """The checked export sidecar of each model, or ``({}, why not)`` where either export cannot run."""
+    checked = {task: usable_export(path) for task, path in paths.items()}
+    why = next((reason for _, reason in checked.values() if reason), "")
+    return ({} if why else {task: record for task, (record, _) in checked.items()}), why
 
 
 @lru_cache(maxsize=4)
-def _cached_networks(directory: str, runtime: str, precision: str) -> Networks:
+def _cached_networks(directory: str, runtime: str, requested: str) -> Networks:
     paths = model_paths(Path(directory))
     if runtime in ("export", "auto"):
-        checked = {task: usable_export(path) for task, path in paths.items()}
-        why = [reason for _, reason in checked.values() if reason]
+        records, why = _usable_exports(paths)
         if not why:
-            return _export_networks(paths, {task: record for task, (record, _) in checked.items()},
-                                    _export_precision(paths, precision))
+            return _export_networks(paths, records, _export_precision(paths, records, runtime))
         if runtime == "export":
-            raise ModelNotFound(f"AGEGENDER_RUNTIME=export, but {why[0]}.")
-    return _keras_networks(paths, precision)
+            raise ModelNotFound(f"AGEGENDER_RUNTIME=export, but {why}.")
+    return _keras_networks(paths, inference_precision())
+
+
+def requested_precision() -> str:
+    """AGEGENDER_PRECISION as asked (``auto`` when unset or not a precision), with whether the CPU has bf16
+    math where it is ``auto``: what the loaded networks depend on besides the folder and the runtime."""
+    from core.hardware import cpu_supports_bf16
+
+    return precision_override() or f"auto ({'bf16' if cpu_supports_bf16() else 'no bf16'})"
 
 
 def settle_precision(directory: str | Path | None = None) -> None:
     """Run the export's one-time precision measurement (:func:`core.runtime.measured_precision`) now where
-    loading the networks of ``directory`` will need it: the export usable, a CPU with bf16 math, no
-    AGEGENDER_PRECISION, nothing measured on this CPU yet. Elsewhere it returns at once.
+    loading the networks of ``directory`` will need it: the export usable with more than one candidate
+    precision on this CPU (:func:`export_candidates`), no AGEGENDER_PRECISION, nothing measured on this CPU
+    yet. Elsewhere it returns at once.
 
     :func:`core.pipeline.prepare` calls it before the detector starts building in its second thread: timed
     while that thread competes for the cores, the two precisions' margin shrank (0.47 s against 0.50 s,
     where alone 0.28 s against 0.48 s) and a close call could pick the slower one and remember it.
     """
-    if runtime_choice() == "keras" or known_precision() is not None:
+    if runtime_choice() == "keras" or precision_override():
         return
     paths = model_paths(models_dir(directory))
-    if all(usable_export(path)[0] is not None for path in paths.values()):
-        _export_precision(paths, inference_precision())
+    records, why = _usable_exports(paths)
+    if why:
+        return
+    candidates = export_candidates(paths, records)
+    if len(candidates) > 1 and known_precision(candidates) is None:
+        measured_precision(paths["age"], candidates)
 
 
 def load_networks(directory: str | Path | None = None) -> Networks:
     """Both models' networks for ``directory``, once per process and runtime/precision setting.
 
     The runtime is :func:`core.runtime.runtime_choice`'s: with ``auto``, the export where it is usable, else
-    Keras. The export runs in float32 where the CPU has no bf16 math, and in whichever of float32 and bf16
-    measured faster where it has (:func:`core.runtime.measured_precision`); AGEGENDER_PRECISION decides
-    instead when set.
+    Keras. The export runs in whichever of its candidate precisions (:func:`export_candidates`: float32,
+    bf16 where the CPU has bf16 math, int8 where the int8 heads are built) measured fastest on this CPU
+    (:func:`core.runtime.measured_precision`); AGEGENDER_PRECISION decides instead when set.
     """
-    return _cached_networks(str(models_dir(directory).resolve()), runtime_choice(), inference_precision())
+    return _cached_networks(str(models_dir(directory).resolve()), runtime_choice(), requested_precision())
 
 
 class AgeGenderModels:
@@ -409,7 +462,7 @@ def load_models(directory: str | Path | None = None, *, tta: bool | None = None)
     """The process-wide models for ``directory`` (default ``models/``), loaded on first use; ``tta`` as in
     :class:`AgeGenderModels` (``False``: without the test-time flipped copy). Settings that differ only in
     ``tta`` share the loaded networks."""
-    return _cached(str(models_dir(directory).resolve()), tta, runtime_choice(), inference_precision())
+    return _cached(str(models_dir(directory).resolve()), tta, runtime_choice(), requested_precision())
 
 
 def predict_crops(model, crops: np.ndarray, *, flip: bool = True, batch_size: int = 128) -> np.ndarray:

@@ -15,11 +15,16 @@ Keras needs TensorFlow's model loading, the batch-norm folding and tracing.
 - ``keras``: always the ``.h5``;
 - ``export``: always the export; :class:`core.errors.ModelNotFound` says why where it cannot be used.
 
-The export runs in float32 on a CPU without bf16 math. On one with it, bf16 is not always the faster:
-measured on two such 2-core machines, OpenVINO's bf16 ran the models twice as fast as float32 on an AMD
-EPYC (Zen 4, AVX512-BF16) and 1.7x slower on an Intel Xeon with AVX512-BF16 but no AMX (README, "Speed").
-So there :func:`measured_precision` times both once, on the shipped model's own layers, and remembers the
-faster for this CPU in the cache folder. ``AGEGENDER_PRECISION=float32|bfloat16`` skips the measurement.
+Precisions: ``float32``; ``bfloat16`` where the CPU has bf16 math; ``int8`` where the int8 heads are built
+(``<task>_model.head.int8.xml/.bin``: the head's convolutions on int8, the trunk float32; made by
+``python -m train.export`` from the activation ranges in ``<task>_model.int8.json``, see
+:mod:`train.quantize`). On the test splits int8 moved ages by 0.06 years on average and the age MAE and
+gender accuracy by less than 0.005 years and 0.05 points; it ran 1.7x float32's speed with AVX2 and 2.6x
+with AVX-512 VNNI. Which is fastest differs by CPU: OpenVINO's bf16 ran the models twice as fast as float32
+on an AMD EPYC (Zen 4, AVX512-BF16) and 1.7x slower on an Intel Xeon with AVX512-BF16 but no AMX (README,
+"Speed"). So where there is more than one candidate, :func:`measured_precision` times them once, on the
+shipped model's own layers, and remembers the fastest for this CPU in the cache folder.
+``AGEGENDER_PRECISION=float32|bfloat16|int8`` skips the measurement.
 """
 
 from __future__ import annotations
@@ -42,6 +47,9 @@ RUNTIMES = ("auto", "keras", "export")
 EXPORT_RUNTIME = "openvino"
 #: The parts of each exported model, in the order they run.
 EXPORT_PARTS = ("trunk", "head")
+#: What each part runs in precision ``int8``: the head's convolutions on int8 (:mod:`train.quantize`), the
+#: trunk in float32 (quantizing VGG blocks 1-2 aged faces over 35 by 0.2-0.3 years on average).
+INT8_PARTS = {"trunk": "trunk", "head": "head.int8"}
 
 
 def runtime_choice() -> str:
@@ -57,8 +65,14 @@ def sidecar_path(model_path: Path) -> Path:
 
 
 def part_path(model_path: Path, part: str) -> Path:
-    """The OpenVINO IR of one part (``trunk``/``head``); its weights are the ``.bin`` beside it."""
+    """The OpenVINO IR of one part (``trunk``/``head``/``head.int8``); its weights are the ``.bin`` beside it."""
     return model_path.with_suffix(f".{part}.xml")
+
+
+def int8_ranges_path(model_path: Path) -> Path:
+    """``<task>_model.int8.json``: the activation ranges measured on training faces (:mod:`train.quantize`),
+    committed next to the ``.h5``; ``python -m train.export`` builds the int8 head from them."""
+    return model_path.with_suffix(".int8.json")
 
 
 def file_sha256(path: Path) -> str:
@@ -124,10 +138,30 @@ def usable_export(model_path: Path) -> tuple[dict[str, Any] | None, str]:
     return record, ""
 
 
+def usable_int8(model_path: Path, record: dict[str, Any]) -> tuple[bool, str]:
+    """Whether the int8 head next to ``model_path`` can run (``record``: its usable export sidecar), and why not.
+
+    The export step records the int8 head it built and the sha256 of the ranges file it was built from;
+    ranges measured again since (or for another ``.h5``) make it stale until ``python -m train.export``.
+    """
+    entry = record.get("int8")
+    ranges = int8_ranges_path(model_path)
+    if not isinstance(entry, dict):
+        return False, (f"no int8 head next to {model_path.name} (`python -m train.quantize` measures its ranges, "
+                       "`python -m train.export` builds it)")
+    xml = part_path(model_path, INT8_PARTS["head"])
+    if not (xml.is_file() and xml.with_suffix(".bin").is_file() and ranges.is_file()):
+        return False, f"the int8 head of {model_path.name} or its {ranges.name} is missing"
+    if entry.get("ranges_sha256") != file_sha256(ranges):
+        return False, f"{ranges.name} changed since the int8 head was built: re-run `python -m train.export`"
+    return True, ""
+
+
 def openvino_network(xml: Path, precision: str = "float32") -> Network:
     """One exported part compiled for the CPU (one stream, every core), called on a batch; ``precision``:
     ``float32``, or ``bfloat16`` (OpenVINO's bf16 inference, output layers kept in float32 by OpenVINO) where
-    the CPU has bf16 math.
+    the CPU has bf16 math. An int8 part (its quantizers in the graph) is compiled in ``float32``: OpenVINO
+    runs its quantized convolutions on int8 and the rest in float32.
 
     OpenVINO keeps the compiled network in the cache folder (:func:`core.lite.cache_dir`), which makes the
     next process's compilation several times faster.
@@ -154,33 +188,53 @@ def openvino_network(xml: Path, precision: str = "float32") -> Network:
 
 
 #: The file in the cache folder (:func:`core.lite.cache_dir`) where :func:`measured_precision` keeps its
-#: measurements, one per CPU and OpenVINO version.
+#: measurements, one per CPU, OpenVINO version and set of candidates.
 PRECISION_FILE = "export_precision.json"
-PRECISIONS = ("float32", "bfloat16")
+#: Every precision the export can run in (``int8``: see :data:`INT8_PARTS`).
+PRECISIONS = ("float32", "bfloat16", "int8")
+#: What :func:`measured_precision` compares unless told otherwise (training's question: is bf16 faster here?).
+BF16_QUESTION = ("float32", "bfloat16")
 
 
-def precision_key() -> str:
-    """What a precision measurement holds for: the CPU (model, cores, widest unit) and OpenVINO's version."""
+def precision_key(candidates: tuple[str, ...] = BF16_QUESTION) -> str:
+    """What a precision measurement holds for: the CPU (model, cores, widest unit), OpenVINO's version and,
+    other than float32 against bfloat16, the precisions compared."""
     from core.hardware import cpu_description, cpu_threads
 
-    return f"{cpu_description()}; {cpu_threads()} threads; openvino {runtime_version()}"
+    key = f"{cpu_description()}; {cpu_threads()} threads; openvino {runtime_version()}"
+    if os.environ.get("ONEDNN_MAX_CPU_ISA"):  # kernels capped (bench --emulate-avx2): another CPU, in effect
+        key += f"; oneDNN capped at {os.environ['ONEDNN_MAX_CPU_ISA']}"
+    return key if tuple(candidates) == BF16_QUESTION else f"{key}; {' / '.join(candidates)}"
 
 
-def time_export(model_path: Path, *, rows: int = 16, rounds: int = 3) -> dict[str, float]:
+def export_parts(model_path: Path, precision: str) -> dict[str, Path]:
+    """The IR of each part (:data:`EXPORT_PARTS`) that runs in ``precision``."""
+    names = INT8_PARTS if precision == "int8" else {part: part for part in EXPORT_PARTS}
+    return {part: part_path(model_path, names[part]) for part in EXPORT_PARTS}
+
+
+def compile_precision(precision: str) -> str:
+    """The precision OpenVINO compiles in for one of :data:`PRECISIONS` (int8 parts: float32 around them)."""
+    return "bfloat16" if precision == "bfloat16" else "float32"
+
+
+def time_export(model_path: Path, candidates: tuple[str, ...] = BF16_QUESTION, *, rows: int = 16,
+                rounds: int = 3) -> dict[str, float]:
     """Seconds for one exported model (trunk + head) on ``rows`` inputs (its input size, from its metadata) in
-    each of :data:`PRECISIONS`: both compiled and warmed up first, then timed alternately ``rounds`` times,
-    the best run of each (another thread's work, such as the detector building at start-up, then slows both
+    each of ``candidates``: all compiled and warmed up first, then timed alternately ``rounds`` times, the
+    best run of each (another thread's work, such as the detector building at start-up, then slows all
     alike)."""
     from core.models import read_metadata
 
     size = int(read_metadata(model_path)["input_size"])
     x = np.random.default_rng(0).normal(0.0, 60.0, (rows, size, size, 3)).astype(np.float32)
     runs = {}
-    for precision in PRECISIONS:
-        trunk, head = (openvino_network(part_path(model_path, part), precision) for part in EXPORT_PARTS)
+    for precision in candidates:
+        parts = export_parts(model_path, precision)
+        trunk, head = (openvino_network(parts[part], compile_precision(precision)) for part in EXPORT_PARTS)
         runs[precision] = lambda trunk=trunk, head=head: head(trunk(x))
         runs[precision]()
-    best = {precision: float("inf") for precision in PRECISIONS}
+    best = {precision: float("inf") for precision in candidates}
     for _ in range(rounds):
         for precision, run in runs.items():
             started = time.perf_counter()
@@ -189,21 +243,25 @@ def time_export(model_path: Path, *, rows: int = 16, rounds: int = 3) -> dict[st
     return best
 
 
-def measured_precision(model_path: Path, *, measure: Callable[[Path], dict[str, float]] = time_export) -> str:
-    """``float32`` or ``bfloat16``, whichever ran the export of ``model_path`` faster on this CPU.
+def measured_precision(model_path: Path, candidates: tuple[str, ...] = BF16_QUESTION, *,
+                       measure: Callable[[Path, tuple[str, ...]], dict[str, float]] = time_export) -> str:
+    """Whichever of ``candidates`` (:data:`PRECISIONS`, float32 first) ran the export of ``model_path``
+    fastest on this CPU.
 
-    Measured once per CPU and OpenVINO version (:func:`precision_key`) by ``measure`` (:func:`time_export`,
-    about two seconds), and kept in :data:`PRECISION_FILE` in the cache folder with the times (and in this
-    process). A cache folder that cannot be written only costs the measurement again in the next process.
+    Measured once per CPU, OpenVINO version and set of candidates (:func:`precision_key`) by ``measure``
+    (:func:`time_export`, one to three seconds), and kept in :data:`PRECISION_FILE` in the cache folder with
+    the times (and in this process). A cache folder that cannot be written only costs the measurement again
+    in the next process.
     """
-    path, key = _precision_record_place()
+    candidates = tuple(candidates)
+    path, key = _precision_record_place(candidates)
     records = _read_precision_records(path)
     known = _known_precision(path, key, records)
     if known:
         return known
-    seconds = measure(model_path)
-    choice = min(PRECISIONS, key=lambda p: seconds[p])  # a tie keeps float32 (the exact one)
-    records[key] = {"precision": choice, "seconds": {p: round(seconds[p], 4) for p in PRECISIONS},
+    seconds = measure(model_path, candidates)
+    choice = min(candidates, key=lambda p: seconds[p])  # a tie keeps the first (float32, the exact one)
+    records[key] = {"precision": choice, "seconds": {p: round(seconds[p], 4) for p in candidates},
                     "model": model_path.name, "measured": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     try:  # written whole, then renamed: a process reading it at the same time never sees half a file
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -221,10 +279,10 @@ def measured_precision(model_path: Path, *, measure: Callable[[Path], dict[str, 
 _measured: dict[tuple[str, str], str] = {}
 
 
-def _precision_record_place() -> tuple[Path, str]:
+def _precision_record_place(candidates: tuple[str, ...]) -> tuple[Path, str]:
     from core.lite import cache_dir
 
-    return cache_dir() / PRECISION_FILE, precision_key()
+    return cache_dir() / PRECISION_FILE, precision_key(candidates)
 
 
 def _read_precision_records(path: Path) -> dict[str, Any]:
@@ -235,10 +293,10 @@ def _read_precision_records(path: Path) -> dict[str, Any]:
     return records if isinstance(records, dict) else {}
 
 
-def known_precision() -> str | None:
-    """The precision :func:`measured_precision` chose on this CPU and OpenVINO version before (in this
-    process or kept in the cache folder), or None where it has not measured yet."""
-    path, key = _precision_record_place()
+def known_precision(candidates: tuple[str, ...] = BF16_QUESTION) -> str | None:
+    """The precision :func:`measured_precision` chose among ``candidates`` on this CPU and OpenVINO version
+    before (in this process or kept in the cache folder), or None where it has not measured yet."""
+    path, key = _precision_record_place(tuple(candidates))
     return _known_precision(path, key, _read_precision_records(path))
 
 

@@ -76,7 +76,7 @@ def test_auto_uses_the_export_in_either_precision(tiny_models, monkeypatch):
     assert (models.runtime, models.precision) == ("export", "bfloat16")
 
 
-def _no_measurement(model_path):
+def _no_measurement(model_path, candidates):
     raise AssertionError("measured although it should not have")
 
 
@@ -92,12 +92,13 @@ def test_on_a_bf16_cpu_auto_runs_the_export_in_the_precision_measured_faster(tin
     monkeypatch.setattr(core.hardware, "cpu_supports_bf16", lambda: True)
     calls = []
 
-    def measure(model_path):
+    def measure(model_path, candidates):
+        assert candidates == ("float32", "bfloat16")  # the tiny models have no int8 heads
         calls.append(model_path.name)
         return {"float32": 1.0, "bfloat16": 0.5} if faster == "bfloat16" else {"float32": 0.5, "bfloat16": 1.0}
 
     monkeypatch.setattr(core.models, "measured_precision",
-                        lambda path: core.runtime.measured_precision(path, measure=measure))
+                        lambda path, candidates: core.runtime.measured_precision(path, candidates, measure=measure))
     core.models._cached_networks.cache_clear()
     models = AgeGenderModels(tiny_models)
     assert (models.runtime, models.precision) == ("export", faster)
@@ -124,7 +125,7 @@ def test_prepare_times_the_precisions_before_the_detector_starts_building(tiny_m
     monkeypatch.setattr(core.hardware, "cpu_supports_bf16", lambda: True)
     events = []
 
-    def measure(model_path):
+    def measure(model_path, candidates):
         events.append("measure")
         return {"float32": 0.5, "bfloat16": 1.0}
 
@@ -134,7 +135,7 @@ def test_prepare_times_the_precisions_before_the_detector_starts_building(tiny_m
         return object()
 
     monkeypatch.setattr(core.models, "measured_precision",
-                        lambda path: core.runtime.measured_precision(path, measure=measure))
+                        lambda path, candidates: core.runtime.measured_precision(path, candidates, measure=measure))
     monkeypatch.setattr(core.pipeline, "get_detector", detector)
     core.models._cached.cache_clear()
     core.models._cached_networks.cache_clear()
@@ -165,12 +166,12 @@ def test_the_precision_measurement_is_kept_per_cpu_and_survives_an_unwritable_ca
     assert key == core.runtime.precision_key() and entry["precision"] == choice
     assert all(entry["seconds"][p] > 0 for p in ("float32", "bfloat16"))
     assert measured_precision(model, measure=_no_measurement) == choice
-    monkeypatch.setattr(core.runtime, "precision_key", lambda: "another CPU")
-    assert measured_precision(model, measure=lambda p: {"float32": 2.0, "bfloat16": 1.0}) == "bfloat16"
+    monkeypatch.setattr(core.runtime, "precision_key", lambda candidates: "another CPU")
+    assert measured_precision(model, measure=lambda p, c: {"float32": 2.0, "bfloat16": 1.0}) == "bfloat16"
     assert len(json.loads((tmp_path / "cache" / PRECISION_FILE).read_text())) == 2
     (tmp_path / "file").write_text("not a folder")
     monkeypatch.setenv("AGEGENDER_CACHE_DIR", str(tmp_path / "file" / "cache"))
-    assert measured_precision(model, measure=lambda p: {"float32": 1.0, "bfloat16": 1.0}) == "float32"  # a tie
+    assert measured_precision(model, measure=lambda p, c: {"float32": 1.0, "bfloat16": 1.0}) == "float32"  # a tie
 
 
 def test_a_stale_export_falls_back_to_the_h5(tiny_models, tmp_path, monkeypatch):

@@ -11,6 +11,10 @@ digests: core runs one trunk for both models) and the parity numbers: the ``.h5`
 faces (with the test-time flip, as the app runs them), their age MAE or gender accuracy where labels are
 known and the largest output difference. Every training run's export step calls :func:`export_model` too
 (on validation chips). See :mod:`core.runtime` for how core chooses between the ``.h5`` and the export.
+
+Where ``<task>_model.int8.json`` (activation ranges measured by ``python -m train.quantize`` on training faces,
+committed) was measured on this ``.h5``, the export also builds ``<task>_model.head.int8.xml/.bin``, the head
+with its convolutions on int8 (:mod:`train.quantize`), and records it in the sidecar.
 """
 
 from __future__ import annotations
@@ -113,6 +117,11 @@ def export_model(model_path: Path, *, faces: np.ndarray | None = None, labels: n
         faces = np.random.default_rng(0).integers(0, 256, (32, size, size, 3), dtype=np.uint8)
         labels, data = None, "32 random images"
     record["parity"] = parity(model_path, task, faces, labels, data)
+    from train.quantize import build_int8
+
+    int8 = build_int8(model_path)  # from the committed ranges file, where it matches this .h5
+    if int8 is not None:
+        record["int8"] = int8
     sidecar_path(model_path).write_text(json.dumps(record, indent=2))
     return record
 
@@ -149,8 +158,9 @@ def main(argv: list[str] | None = None) -> int:
             faces = load_chips(args.data_dir, samples, int(read_metadata(path)["input_size"]))
             labels, data = sample_labels(samples, task), f"test split, chips as given (n={len(samples)})"
         record = export_model(path, faces=faces, labels=labels, data=data)
+        int8 = f"; int8 head {record['int8']['head']}" if "int8" in record else ""
         print(f"{task}: {record['parts']} ({record['runtime']} {record['runtime_version']}); parity "
-              f"{json.dumps(record['parity'])}")
+              f"{json.dumps(record['parity'])}{int8}")
     return 0
 
 

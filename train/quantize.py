@@ -1,0 +1,298 @@
+"""Int8 heads for the inference export: ranges measured on training faces, the convolutions quantized.
+
+    python -m train.quantize --data-dir ../shared/data/utkface --data-dir ../shared/data/aaf
+
+Each exported model runs as a trunk (VGG blocks 1-2) and a head (blocks 3-5 and the output layers, four
+fifths of the arithmetic with the flip, see :mod:`core.models`). This puts the head's nine convolutions on
+int8, the way OpenVINO's CPU plugin runs them with int8 kernels (about 1.7x the float32 speed with AVX2 and
+2.6x with AVX-512 VNNI, README "Speed"):
+
+- **weights**: per output channel, symmetric, 255 levels (``scale = max |w| / 127``), stored as int8 with
+  their scales (``Convert`` + ``Multiply`` before each convolution);
+- **activations**: a ``FakeQuantize`` of 256 levels over ``[0, max]`` on the head's input and after each ReLU
+  that feeds a convolution or a max pool (all are non-negative), ``max`` being the largest value seen on
+  the calibration faces (their mirrored copies too, as the app runs them). The average of per-image maxima
+  (NNCF's default) clipped the larger activations of young children and aged them by 1.2 years;
+- the dense output layers and the age model's calibration curve stay float32 (they are a few thousand
+  multiplications, and quantizing a one-number input moved ages by years); so does the trunk (quantizing
+  blocks 1-2 aged faces over 35 by 0.2-0.3 years on average).
+
+Steps: ``python -m train.quantize`` measures the ranges (on ``--calibration`` faces drawn from the training
+splits of the ``--data-dir`` datasets, aligned as the app crops them) and writes ``<task>_model.int8.json``
+next to the ``.h5`` (committed: ranges, the ``.h5``'s sha256, the calibration and the parity on the test
+splits), then builds the int8 head. ``python -m train.export`` (``make export``) rebuilds it from that file
+on any machine, without the data. Core runs it where it measured fastest (:mod:`core.runtime`);
+``AGEGENDER_PRECISION=float32`` runs the float32 head instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+#: Faces the ranges are measured on by default (with their mirrored copies: twice as many inputs).
+CALIBRATION_FACES = 600
+#: The layers whose outputs the activation quantizers follow, in order (the head's input: pool2).
+SITE_LAYERS = ("pool2", *(f"relu{block}_{i}" for block in (3, 4, 5) for i in (1, 2, 3)))
+#: Activation quantizers' levels (uint8 over [0, max]) and weight levels (int8, symmetric, narrow range).
+ACTIVATION_LEVELS = 256
+WEIGHT_LEVELS = 255
+#: Consumers after which a ReLU's output is quantized: the head's feature maps, not the age curve's ReLU.
+QUANTIZED_CONSUMERS = ("Convolution", "MaxPool")
+
+
+def _openvino():
+    from core.runtime import import_openvino
+
+    return import_openvino()
+
+
+def activation_sites(model) -> list:
+    """The outputs of an exported head (``openvino.Model``) that get an activation quantizer, in graph order:
+    its input and each ReLU whose output feeds a convolution or a max pool (:data:`SITE_LAYERS`)."""
+    sites = [model.get_parameters()[0].output(0)]
+    for op in model.get_ordered_ops():
+        consumers = {target.get_node().get_type_name() for target in op.output(0).get_target_inputs()}
+        if op.get_type_name() == "Relu" and consumers & set(QUANTIZED_CONSUMERS):
+            sites.append(op.output(0))
+    convolutions = [op for op in model.get_ordered_ops() if op.get_type_name() == "Convolution"]
+    if len(sites) != len(SITE_LAYERS) or len(convolutions) != len(SITE_LAYERS) - 1:
+        raise ValueError(f"expected a VGG head with {len(SITE_LAYERS) - 1} convolutions and as many ReLUs, found "
+                         f"{len(convolutions)} convolutions and {len(sites) - 1} quantizable ReLUs")
+    return sites
+
+
+def activation_ranges(head_xml: Path, features: np.ndarray, *, batch: int = 64) -> list[float]:
+    """The largest value at each activation site (:func:`activation_sites`) of the float32 head ``head_xml``
+    over ``features`` (trunk outputs) -> one float per entry of :data:`SITE_LAYERS`."""
+    ov = _openvino()
+    model = ov.Core().read_model(str(head_xml))
+    sites = activation_sites(model)
+    probe = ov.Model(sites, model.get_parameters(), "activation_ranges")
+    compiled = ov.Core().compile_model(probe, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    low = np.full(len(sites), np.inf)
+    high = np.full(len(sites), -np.inf)
+    for start in range(0, len(features), batch):
+        outputs = compiled(np.ascontiguousarray(features[start:start + batch], np.float32))
+        values = [outputs[i] for i in range(len(sites))]
+        low = np.minimum(low, [float(v.min()) for v in values])
+        high = np.maximum(high, [float(v.max()) for v in values])
+    if len(features) == 0 or (low < 0).any():
+        raise ValueError("activation ranges need at least one input, and non-negative activations at every site")
+    return [float(h) for h in high]
+
+
+def quantized_weights(weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-output-channel symmetric int8 (``weights``: (out, ...) float32) -> (int8 values, float32 scales
+    shaped to broadcast); ``values * scales`` is within half a step of ``weights``. A channel of zeros (or of
+    subnormal numbers) keeps scale 1."""
+    w = np.asarray(weights, np.float32)
+    half = (WEIGHT_LEVELS - 1) // 2
+    scale = (np.abs(w).reshape(len(w), -1).max(axis=1) / half).astype(np.float32)
+    scale = np.where(scale > np.finfo(np.float32).tiny, scale, 1.0).astype(np.float32)  # zeros (or subnormals)
+    scale = scale.reshape(-1, *([1] * (w.ndim - 1)))
+    return np.clip(np.rint(w / scale), -half, half).astype(np.int8), scale
+
+
+def quantize_head(head_xml: Path, maxima: list[float], out_xml: Path) -> None:
+    """Write the int8 head (see the module docstring) of the float32 head ``head_xml`` to ``out_xml``
+    (.xml + .bin), activation quantizers over ``[0, maxima[i]]``."""
+    import openvino.opset13 as ops
+
+    ov = _openvino()
+    model = ov.Core().read_model(str(head_xml))
+    sites = activation_sites(model)
+    if len(maxima) != len(sites):
+        raise ValueError(f"{len(maxima)} activation ranges for {len(sites)} sites")
+    for site, high in zip(sites, maxima):
+        targets = list(site.get_target_inputs())
+        low_c, high_c = ops.constant(np.float32(0.0)), ops.constant(np.float32(max(high, 1e-6)))
+        quantizer = ops.fake_quantize(site, low_c, high_c, low_c, high_c, ACTIVATION_LEVELS)
+        for target in targets:
+            target.replace_source_output(quantizer.output(0))
+    for op in model.get_ordered_ops():
+        if op.get_type_name() != "Convolution":
+            continue
+        source = op.input(1).get_source_output().get_node()
+        if source.get_type_name() != "Constant":
+            raise ValueError(f"{op.get_friendly_name()}: weights are a {source.get_type_name()}, not a constant")
+        values, scale = quantized_weights(source.get_data())
+        weights = ops.multiply(ops.convert(ops.constant(values), "f32"), ops.constant(scale))
+        op.input(1).replace_source_output(weights.output(0))
+    model.validate_nodes_and_infer_types()
+    ov.save_model(model, str(out_xml), compress_to_fp16=False)
+
+
+def build_int8(model_path: Path, log=print) -> dict[str, Any] | None:
+    """The int8 head of ``model_path`` from its ranges file, where that file is there and was measured on
+    this ``.h5``: written next to the float32 head, and its entry for the export sidecar returned. None (and
+    any older int8 head removed) otherwise."""
+    from core.runtime import INT8_PARTS, file_sha256, int8_ranges_path, part_path
+
+    ranges_file = int8_ranges_path(model_path)
+    out = part_path(model_path, INT8_PARTS["head"])
+    try:
+        record = json.loads(ranges_file.read_text()) if ranges_file.is_file() else None
+    except (OSError, ValueError) as exc:
+        log(f"warning: {ranges_file.name} is unreadable ({exc}); no int8 head")
+        record = None
+    if record is not None and record.get("source_sha256") != file_sha256(model_path):
+        log(f"warning: {ranges_file.name} was measured on another {model_path.name}; no int8 head until "
+            "`python -m train.quantize --data-dir ...` measures it again")
+        record = None
+    if record is None:
+        out.unlink(missing_ok=True)
+        out.with_suffix(".bin").unlink(missing_ok=True)
+        return None
+    quantize_head(part_path(model_path, "head"), [site["max"] for site in record["sites"]], out)
+    return {"head": out.name, "ranges": ranges_file.name, "ranges_sha256": file_sha256(ranges_file),
+            "parity": record.get("parity", {})}
+
+
+def attach_int8(model_path: Path, log=print) -> dict[str, Any] | None:
+    """:func:`build_int8`, and its entry written into the export sidecar (replacing any older one)."""
+    from core.runtime import sidecar_path
+
+    entry = build_int8(model_path, log)
+    sidecar = sidecar_path(model_path)
+    record = json.loads(sidecar.read_text())
+    record.pop("int8", None)
+    if entry is not None:
+        record["int8"] = entry
+    sidecar.write_text(json.dumps(record, indent=2))
+    return entry
+
+
+def head_outputs(model_path: Path, faces: np.ndarray, precisions: tuple[str, ...], *, batch: int = 64
+                 ) -> dict[str, np.ndarray]:
+    """Outputs of the export of ``model_path`` on uint8 ``faces`` with the test-time flip, per precision
+    (``float32``/``int8``)."""
+    from core.models import Networks
+    from core.runtime import export_parts, openvino_network
+
+    task = json.loads(model_path.with_suffix(".json").read_text())["task"]
+    out = {}
+    for precision in precisions:
+        parts = {part: openvino_network(xml) for part, xml in export_parts(model_path, precision).items()}
+        networks = Networks("export", precision, {task: parts["trunk"]}, {task: parts["head"]})
+        out[precision] = np.concatenate(
+            [networks.run({task: faces[i:i + batch]}, {task: True})[task] for i in range(0, len(faces), batch)]
+            or [np.zeros(0, np.float32)])
+    return out
+
+
+def parity(model_path: Path, task: str, faces: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
+    """Float32 and int8 exports of one model on the same faces (flip on): their scores and differences."""
+    out = head_outputs(model_path, faces, ("float32", "int8"))
+    diff = np.abs(out["int8"] - out["float32"])
+    record: dict[str, Any] = {"n": int(len(faces)), "mean_abs_diff": round(float(diff.mean()), 5),
+                              "max_abs_diff": round(float(diff.max()), 5)}
+    if task == "age":
+        for precision in ("float32", "int8"):
+            record[f"{precision}_mae"] = round(float(np.mean(np.abs(out[precision] - labels))), 4)
+        record["mean_signed_diff"] = round(float(np.mean(out["int8"] - out["float32"])), 5)
+    else:
+        for precision in ("float32", "int8"):
+            record[f"{precision}_accuracy"] = round(float(np.mean((out[precision] >= 0.5) == (labels >= 0.5))), 5)
+        record["decisions_changed"] = int(np.sum((out["int8"] >= 0.5) != (out["float32"] >= 0.5)))
+    return record
+
+
+def calibration_features(model_path: Path, faces: np.ndarray, *, batch: int = 32) -> np.ndarray:
+    """What the head sees for uint8 ``faces`` and their mirrored copies: the float32 trunk's outputs."""
+    from core.models import network_input
+    from core.runtime import openvino_network, part_path
+
+    trunk = openvino_network(part_path(model_path, "trunk"))
+    x = network_input(faces, True)
+    return np.concatenate([trunk(x[i:i + batch]) for i in range(0, len(x), batch)])
+
+
+def measure_ranges(model_path: Path, faces: np.ndarray, calibration: str) -> dict[str, Any]:
+    """Measure the activation ranges of the exported ``model_path`` on uint8 ``faces`` and write its ranges
+    file (:func:`core.runtime.int8_ranges_path`) -> the record written."""
+    from core.runtime import file_sha256, int8_ranges_path, part_path
+
+    maxima = activation_ranges(part_path(model_path, "head"), calibration_features(model_path, faces))
+    record = {
+        "source": model_path.name,
+        "source_sha256": file_sha256(model_path),
+        "calibration": calibration,
+        "method": ("activations: uint8 over [0, max seen] after pool2 and each ReLU of blocks 3-5; weights: int8 "
+                   "per output channel, symmetric; trunk, dense layers and age curve float32 (train/quantize.py)"),
+        "sites": [{"after": layer, "max": round(high, 6)} for layer, high in zip(SITE_LAYERS, maxima)],
+        "measured": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    int8_ranges_path(model_path).write_text(json.dumps(record, indent=2) + "\n")
+    return record
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m train.quantize", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data-dir", type=Path, action="append", required=True,
+                        help="a dataset folder (repeat: UTKFace and AAF); calibration on its training split, "
+                             "parity on its test split")
+    parser.add_argument("--models-dir", type=Path, help="default models/ (or AGEGENDER_MODELS_DIR)")
+    parser.add_argument("--calibration", type=int, default=CALIBRATION_FACES,
+                        help=f"training faces the ranges are measured on, drawn in proportion to each dataset's "
+                             f"training split (default {CALIBRATION_FACES}; with their mirrored copies)")
+    parser.add_argument("--limit", type=int, help="parity on the first N test faces of each dataset only")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--tasks", nargs="+", default=["age", "gender"], choices=("age", "gender"))
+    args = parser.parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+    from core.models import MODEL_FILES, models_dir, read_metadata
+    from core.runtime import usable_export
+    from train.data import labels as sample_labels
+    from train.data import load_chips_of, load_or_make_split, sources
+    from train.export import export_model
+
+    srcs = sources(args.data_dir)
+    splits = {name: load_or_make_split(src.data_dir, src.split_dir) for name, src in srcs.items()}
+    train_total = sum(len(split["train"]) for split in splits.values())
+    rng = np.random.default_rng(args.seed)
+    calibration = []
+    for split in splits.values():
+        n = round(args.calibration * len(split["train"]) / train_total)
+        picked = sorted(rng.choice(len(split["train"]), min(n, len(split["train"])), replace=False))
+        calibration += [split["train"][i] for i in picked]
+    counts = ", ".join(f"{sum(s.dataset == name for s in calibration)} {name}" for name in splits)
+    directory = models_dir(args.models_dir)
+    for task in args.tasks:
+        path = directory / MODEL_FILES[task]
+        if not path.is_file():
+            print(f"error: {path} not found", file=sys.stderr)
+            return 2
+        if usable_export(path)[0] is None:
+            export_model(path)  # the float32 export the ranges are measured on
+        size = int(read_metadata(path)["input_size"])
+        faces = load_chips_of(srcs, calibration, size, align=True)
+        record = measure_ranges(path, faces, f"{len(calibration)} faces of the training splits ({counts}, seed "
+                                             f"{args.seed}), aligned as the app crops them, and their mirrored copies")
+        entry = attach_int8(path)
+        assert entry is not None
+        record["parity"] = {}
+        for name, split in splits.items():
+            test = split["test"][: args.limit or None]
+            record["parity"][name] = parity(path, task, load_chips_of(srcs, test, size, align=True),
+                                            np.asarray(sample_labels(test, task)))
+        record["parity"]["crop"] = "test splits, aligned as the app crops them, test-time flip on"
+        from core.runtime import int8_ranges_path
+
+        int8_ranges_path(path).write_text(json.dumps(record, indent=2) + "\n")
+        attach_int8(path)  # the sidecar points at the ranges file as written now
+        print(f"{task}: {entry['head']}; parity {json.dumps(record['parity'])}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
