@@ -311,8 +311,11 @@ def _export_networks(paths: dict[str, Path], records: dict[str, dict[str, Any]],
 
 def int8_unusable(paths: dict[str, Path], records: dict[str, dict[str, Any]]) -> str:
     """Why the int8 heads of ``paths`` cannot run (``records``: their usable export sidecars); "" where they can."""
-    return next((why for path, task in zip(paths.values(), paths) for ok, why in [usable_int8(path, records[task])]
-                 if not ok), "")
+    for task, path in paths.items():
+        ok, why = usable_int8(path, records[task])
+        if not ok:
+            return why
+    return ""
 
 
 def export_candidates(paths: dict[str, Path], records: dict[str, dict[str, Any]]) -> tuple[str, ...]:

@@ -34,6 +34,7 @@ import json
 import os
 import sys
 import time
+import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -223,18 +224,25 @@ def time_export(model_path: Path, candidates: tuple[str, ...] = BF16_QUESTION, *
     """Seconds for one exported model (trunk + head) on ``rows`` inputs (its input size, from its metadata) in
     each of ``candidates``: all compiled and warmed up first, then timed alternately ``rounds`` times, the
     best run of each (another thread's work, such as the detector building at start-up, then slows all
-    alike)."""
+    alike). A candidate after the first that OpenVINO cannot compile here gets infinity (with a warning)."""
     from core.models import read_metadata
 
     size = int(read_metadata(model_path)["input_size"])
     x = np.random.default_rng(0).normal(0.0, 60.0, (rows, size, size, 3)).astype(np.float32)
     runs = {}
+    best = {precision: float("inf") for precision in candidates}
     for precision in candidates:
         parts = export_parts(model_path, precision)
-        trunk, head = (openvino_network(parts[part], compile_precision(precision)) for part in EXPORT_PARTS)
+        try:
+            trunk, head = (openvino_network(parts[part], compile_precision(precision)) for part in EXPORT_PARTS)
+        except RuntimeError as error:  # e.g. bf16 where oneDNN is capped below the CPU (ONEDNN_MAX_CPU_ISA)
+            if precision == candidates[0]:
+                raise
+            warnings.warn(f"the export does not compile in {precision} here, so it is not a candidate "
+                          f"({str(error).strip().splitlines()[-1]})", stacklevel=2)
+            continue
         runs[precision] = lambda trunk=trunk, head=head: head(trunk(x))
         runs[precision]()
-    best = {precision: float("inf") for precision in candidates}
     for _ in range(rounds):
         for precision, run in runs.items():
             started = time.perf_counter()
@@ -261,7 +269,8 @@ def measured_precision(model_path: Path, candidates: tuple[str, ...] = BF16_QUES
         return known
     seconds = measure(model_path, candidates)
     choice = min(candidates, key=lambda p: seconds[p])  # a tie keeps the first (float32, the exact one)
-    records[key] = {"precision": choice, "seconds": {p: round(seconds[p], 4) for p in candidates},
+    timed = {p: round(seconds[p], 4) if np.isfinite(seconds[p]) else None for p in candidates}  # None: no compile
+    records[key] = {"precision": choice, "seconds": timed,
                     "model": model_path.name, "measured": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     try:  # written whole, then renamed: a process reading it at the same time never sees half a file
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -245,3 +245,26 @@ def test_the_shipped_int8_heads_stay_within_a_fraction_of_a_year_of_float32(tmp_
         out[precision] = models.predict({x.shape[1]: x})
     assert np.abs(out["int8"].ages - out["float32"].ages).max() < 0.75
     assert np.abs(out["int8"].female_probabilities - out["float32"].female_probabilities).max() < 0.05
+
+
+def test_a_precision_that_does_not_compile_here_is_left_out_of_the_measurement(int8_models, tmp_path, monkeypatch):
+    """With oneDNN capped below the CPU (ONEDNN_MAX_CPU_ISA=AVX2 on a bf16 CPU), OpenVINO cannot compile bf16:
+    the measurement goes on with the others instead of failing the start."""
+    import core.runtime
+    from core.runtime import PRECISION_FILE, measured_precision, precision_key
+
+    real = core.runtime.openvino_network
+
+    def network(xml, precision="float32"):
+        if precision == "bfloat16":
+            raise RuntimeError("Supported primitive descriptors list is empty for node: MaxPool")
+        return real(xml, precision)
+
+    monkeypatch.setenv("AGEGENDER_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(core.runtime, "openvino_network", network)
+    candidates = ("float32", "bfloat16", "int8")
+    with pytest.warns(UserWarning, match="does not compile in bfloat16"):
+        choice = measured_precision(int8_models / MODEL_FILES["age"], candidates)
+    assert choice in ("float32", "int8")
+    entry = json.loads((tmp_path / "cache" / PRECISION_FILE).read_text())[precision_key(candidates)]
+    assert entry["seconds"]["bfloat16"] is None and entry["seconds"][choice] > 0

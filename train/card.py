@@ -99,6 +99,36 @@ def _gender_reliability(block: dict | None) -> list[str]:
         f"{_fmt_acc(v['accuracy_shown'])} of the time (all faces: {_fmt_acc(v['accuracy_all'])})."]
 
 
+def _int8_section(directory: Path) -> list[str]:
+    """The int8 heads' parity with float32 (``<task>_model.int8.json``, :mod:`train.quantize`), where measured."""
+    records = {}
+    for task in ("age", "gender"):
+        path = directory / f"{task}_model.int8.json"
+        if path.is_file():
+            records[task] = json.loads(path.read_text())
+    if not records:
+        return []
+    out = ["", "## Int8 inference", "",
+           "Where it measures fastest on the CPU, the app runs each model's VGG blocks 3-5 with int8 convolutions "
+           "(`train/quantize.py`; activation ranges measured on training faces, "
+           f"{records[next(iter(records))].get('calibration', '')}); blocks 1-2, the dense layers and the age "
+           "curve stay float32, and `AGEGENDER_PRECISION=float32` runs all of it in float32. Float32 -> int8 on "
+           "the test splits (app crop, test-time flip):", ""]
+    rows = []
+    for task, record in records.items():
+        for dataset, m in record.get("parity", {}).items():
+            if not isinstance(m, dict):
+                continue
+            if task == "age":
+                rows.append([f"age, {dataset}", m["n"], f"MAE {m['float32_mae']:.4f} -> {m['int8_mae']:.4f}",
+                             f"mean {m['mean_abs_diff']:.3f} years, max {m['max_abs_diff']:.2f}"])
+            else:
+                rows.append([f"gender, {dataset}", m["n"],
+                             f"accuracy {m['float32_accuracy']:.2%} -> {m['int8_accuracy']:.2%}",
+                             f"decisions changed: {m['decisions_changed']}, P(female) max {m['max_abs_diff']:.3f}"])
+    return out + [_table(rows, ["model, test split", "n", "float32 -> int8", "outputs moved"])]
+
+
 def _fmt_bias(g: dict | None) -> str:
     if not g or not g["n"]:
         return "n/a"
@@ -235,6 +265,7 @@ def build_card(directory: Path) -> str:
     rule = info.metadata.get("gender", {}).get("gender_reliability")
     out += _gender_reliability(rule)
     shown = "the app shows it as uncertain (above)" if rule else "no rule is stored yet to show it as uncertain"
+    out += _int8_section(directory)
     out += ["", "## Known limits", "",
             "- Trained from scratch on ~17k faces: clearly less accurate than models that start from VGGFace "
             "weights; errors are largest for the elderly and for under-represented groups (tables above).",
