@@ -268,3 +268,26 @@ def test_a_precision_that_does_not_compile_here_is_left_out_of_the_measurement(i
     assert choice in ("float32", "int8")
     entry = json.loads((tmp_path / "cache" / PRECISION_FILE).read_text())[precision_key(candidates)]
     assert entry["seconds"]["bfloat16"] is None and entry["seconds"][choice] > 0
+
+
+def test_the_command_measures_ranges_on_training_faces_and_records_parity_on_the_test_split(
+        tiny_models, utk_dir, tmp_path):
+    from train.quantize import main as quantize_main
+
+    directory = tmp_path / "models"
+    shutil.copytree(tiny_models, directory)
+    splits = tiny_models.parent / "splits"  # the split the tiny models were trained on
+    assert quantize_main(["--data-dir", str(utk_dir), "--split-dir", str(splits), "--models-dir", str(directory),
+                          "--calibration", "8", "--no-cache"]) == 0
+    test_n = len([n for n in (splits / "test.txt").read_text().splitlines() if n.strip()])
+    for task, name in MODEL_FILES.items():
+        path = directory / name
+        record = json.loads(int8_ranges_path(path).read_text())
+        assert record["source_sha256"] == file_sha256(path)
+        assert record["calibration"].startswith("8 faces of the training splits")
+        parity = record["parity"]["utkface"]
+        assert parity["n"] == test_n and parity["max_abs_diff"] >= parity["mean_abs_diff"] >= 0
+        assert ({"float32_mae", "int8_mae"} if task == "age" else {"decisions_changed"}) <= set(parity)
+        sidecar = json.loads(sidecar_path(path).read_text())
+        assert sidecar["int8"]["ranges_sha256"] == file_sha256(int8_ranges_path(path))  # the file as finally written
+        assert usable_int8(path, sidecar) == (True, "")

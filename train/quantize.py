@@ -240,7 +240,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-dir", type=Path, action="append", required=True,
                         help="a dataset folder (repeat: UTKFace and AAF); calibration on its training split, "
                              "parity on its test split")
+    parser.add_argument("--split-dir", type=Path, action="append",
+                        help="the split files of each --data-dir, in order (default: train/splits/<dataset>)")
     parser.add_argument("--models-dir", type=Path, help="default models/ (or AGEGENDER_MODELS_DIR)")
+    parser.add_argument("--no-cache", action="store_true", help="do not keep the cropped faces in .cache/")
     parser.add_argument("--calibration", type=int, default=CALIBRATION_FACES,
                         help=f"training faces the ranges are measured on, drawn in proportion to each dataset's "
                              f"training split (default {CALIBRATION_FACES}; with their mirrored copies)")
@@ -251,12 +254,13 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
     from core.models import MODEL_FILES, models_dir, read_metadata
-    from core.runtime import usable_export
+    from core.runtime import int8_ranges_path, usable_export
     from train.data import labels as sample_labels
     from train.data import load_chips_of, load_or_make_split, sources
     from train.export import export_model
 
-    srcs = sources(args.data_dir)
+    srcs = sources(args.data_dir, args.split_dir)
+    cache = not args.no_cache
     splits = {name: load_or_make_split(src.data_dir, src.split_dir) for name, src in srcs.items()}
     train_total = sum(len(split["train"]) for split in splits.values())
     rng = np.random.default_rng(args.seed)
@@ -275,19 +279,19 @@ def main(argv: list[str] | None = None) -> int:
         if usable_export(path)[0] is None:
             export_model(path)  # the float32 export the ranges are measured on
         size = int(read_metadata(path)["input_size"])
-        faces = load_chips_of(srcs, calibration, size, align=True)
+        faces = load_chips_of(srcs, calibration, size, cache=cache, align=True)
         record = measure_ranges(path, faces, f"{len(calibration)} faces of the training splits ({counts}, seed "
                                              f"{args.seed}), aligned as the app crops them, and their mirrored copies")
         entry = attach_int8(path)
-        assert entry is not None
+        if entry is None:
+            print(f"error: no int8 head built for {path.name} (see the warning above)", file=sys.stderr)
+            return 1
         record["parity"] = {}
         for name, split in splits.items():
             test = split["test"][: args.limit or None]
-            record["parity"][name] = parity(path, task, load_chips_of(srcs, test, size, align=True),
+            record["parity"][name] = parity(path, task, load_chips_of(srcs, test, size, cache=cache, align=True),
                                             np.asarray(sample_labels(test, task)))
         record["parity"]["crop"] = "test splits, aligned as the app crops them, test-time flip on"
-        from core.runtime import int8_ranges_path
-
         int8_ranges_path(path).write_text(json.dumps(record, indent=2) + "\n")
         attach_int8(path)  # the sidecar points at the ranges file as written now
         print(f"{task}: {entry['head']}; parity {json.dumps(record['parity'])}", flush=True)
