@@ -30,6 +30,7 @@ from core.runtime import (
     known_precision,
     measured_precision,
     openvino_network,
+    read_sidecar,
     runtime_choice,
     usable_export,
     usable_int8,
@@ -387,11 +388,15 @@ def settle_precision(directory: str | Path | None = None) -> None:
     if runtime_choice() == "keras" or precision_override():
         return
     paths = model_paths(models_dir(directory))
-    records, why = _usable_exports(paths)
-    if why:
+    sidecars = {task: read_sidecar(path)[0] for task, path in paths.items()}
+    if any(record is None for record in sidecars.values()):
         return
-    candidates = export_candidates(paths, records)
-    if len(candidates) > 1 and known_precision(candidates) is None:
+    # The candidates need only the sidecars; the .h5 hashes (0.1 s, done again when the networks load) only
+    # where a measurement is still to be made.
+    candidates = export_candidates(paths, sidecars)
+    if len(candidates) < 2 or known_precision(candidates) is not None:
+        return
+    if not _usable_exports(paths)[1]:
         measured_precision(paths["age"], candidates)
 
 

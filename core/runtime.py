@@ -115,15 +115,24 @@ def runtime_version() -> str | None:
         return None
 
 
-def usable_export(model_path: Path) -> tuple[dict[str, Any] | None, str]:
-    """The export sidecar of ``model_path`` if the export can stand in for it, else None; and why not."""
+def read_sidecar(model_path: Path) -> tuple[dict[str, Any] | None, str]:
+    """The export sidecar of ``model_path`` as written, or None and why not; nothing checked against the
+    files (:func:`usable_export` does that)."""
     sidecar = sidecar_path(model_path)
     if not sidecar.is_file():
         return None, f"no export next to {model_path.name} (run `python -m train.export`)"
     try:
-        record = json.loads(sidecar.read_text())
+        return json.loads(sidecar.read_text()), ""
     except (OSError, ValueError) as exc:
         return None, f"{sidecar.name} is unreadable ({exc})"
+
+
+def usable_export(model_path: Path) -> tuple[dict[str, Any] | None, str]:
+    """The export sidecar of ``model_path`` if the export can stand in for it, else None; and why not."""
+    record, why = read_sidecar(model_path)
+    if record is None:
+        return None, why
+    sidecar = sidecar_path(model_path)
     if record.get("runtime") != EXPORT_RUNTIME:
         return None, f"{sidecar.name} is for runtime {record.get('runtime')!r}, not {EXPORT_RUNTIME}"
     missing = [p.name for part in EXPORT_PARTS for p in (part_path(model_path, part),
