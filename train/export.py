@@ -60,16 +60,29 @@ def _scores(task: str, outputs: np.ndarray, labels: np.ndarray) -> dict:
     return {"gender_accuracy": round(float(np.mean((outputs >= 0.5) == (labels >= 0.5))), 5)}
 
 
+def export_outputs(model_path: Path, task: str, faces: np.ndarray, precisions: tuple[str, ...], *,
+                   batch: int = PARITY_BATCH) -> dict[str, np.ndarray]:
+    """Outputs of the export of ``model_path`` (``task``) on uint8 ``faces`` with the test-time flip, as the
+    app runs it, per precision (``float32``/``int8``, :func:`core.runtime.export_parts`)."""
+    from core.models import Networks
+    from core.runtime import export_parts, openvino_network
+
+    out = {}
+    for precision in precisions:
+        parts = {part: openvino_network(xml) for part, xml in export_parts(model_path, precision).items()}
+        networks = Networks("export", precision, {task: parts["trunk"]}, {task: parts["head"]})
+        out[precision] = np.concatenate(
+            [networks.run({task: faces[i:i + batch]}, {task: True})[task] for i in range(0, len(faces), batch)]
+            or [np.zeros(0, np.float32)])
+    return out
+
+
 def parity(model_path: Path, task: str, faces: np.ndarray, labels: np.ndarray | None, data: str) -> dict:
     """The ``.h5`` (Keras, float32) and its export on the same uint8 faces, both with the test-time flip."""
-    from core.models import Networks, load_keras_model, predict_crops
-    from core.runtime import openvino_network, part_path
+    from core.models import load_keras_model, predict_crops
 
     keras_out = predict_crops(load_keras_model(model_path), faces, flip=True, batch_size=PARITY_BATCH)
-    parts = {part: openvino_network(part_path(model_path, part)) for part in ("trunk", "head")}
-    export = Networks("export", "float32", {task: parts["trunk"]}, {task: parts["head"]})
-    export_out = np.concatenate([export.run({task: faces[i:i + PARITY_BATCH]}, {task: True})[task]
-                                 for i in range(0, len(faces), PARITY_BATCH)])
+    export_out = export_outputs(model_path, task, faces, ("float32",))["float32"]
     record: dict = {"data": data, "n": int(len(faces)), "flip": True,
                     "max_abs_diff": float(np.max(np.abs(export_out - keras_out))) if len(faces) else 0.0}
     if labels is not None:

@@ -158,39 +158,28 @@ def build_int8(model_path: Path, log=print) -> dict[str, Any] | None:
 
 def attach_int8(model_path: Path, log=print) -> dict[str, Any] | None:
     """:func:`build_int8`, and its entry written into the export sidecar (replacing any older one)."""
+    entry = build_int8(model_path, log)
+    _record_int8(model_path, entry)
+    return entry
+
+
+def _record_int8(model_path: Path, entry: dict[str, Any] | None) -> None:
+    """Write ``entry`` (None: none) as the int8 entry of the export sidecar of ``model_path``."""
     from core.runtime import sidecar_path
 
-    entry = build_int8(model_path, log)
     sidecar = sidecar_path(model_path)
     record = json.loads(sidecar.read_text())
     record.pop("int8", None)
     if entry is not None:
         record["int8"] = entry
     sidecar.write_text(json.dumps(record, indent=2))
-    return entry
-
-
-def head_outputs(model_path: Path, faces: np.ndarray, precisions: tuple[str, ...], *, batch: int = 64
-                 ) -> dict[str, np.ndarray]:
-    """Outputs of the export of ``model_path`` on uint8 ``faces`` with the test-time flip, per precision
-    (``float32``/``int8``)."""
-    from core.models import Networks
-    from core.runtime import export_parts, openvino_network
-
-    task = json.loads(model_path.with_suffix(".json").read_text())["task"]
-    out = {}
-    for precision in precisions:
-        parts = {part: openvino_network(xml) for part, xml in export_parts(model_path, precision).items()}
-        networks = Networks("export", precision, {task: parts["trunk"]}, {task: parts["head"]})
-        out[precision] = np.concatenate(
-            [networks.run({task: faces[i:i + batch]}, {task: True})[task] for i in range(0, len(faces), batch)]
-            or [np.zeros(0, np.float32)])
-    return out
 
 
 def parity(model_path: Path, task: str, faces: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
     """Float32 and int8 exports of one model on the same faces (flip on): their scores and differences."""
-    out = head_outputs(model_path, faces, ("float32", "int8"))
+    from train.export import export_outputs
+
+    out = export_outputs(model_path, task, faces, ("float32", "int8"))
     diff = np.abs(out["int8"] - out["float32"])
     record: dict[str, Any] = {"n": int(len(faces)), "mean_abs_diff": round(float(diff.mean()), 5),
                               "max_abs_diff": round(float(diff.max()), 5)}
@@ -254,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
     from core.models import MODEL_FILES, models_dir, read_metadata
-    from core.runtime import int8_ranges_path, usable_export
+    from core.runtime import file_sha256, int8_ranges_path, usable_export
     from train.data import labels as sample_labels
     from train.data import load_chips_of, load_or_make_split, sources
     from train.export import export_model
@@ -293,7 +282,9 @@ def main(argv: list[str] | None = None) -> int:
                                             np.asarray(sample_labels(test, task)))
         record["parity"]["crop"] = "test splits, aligned as the app crops them, test-time flip on"
         int8_ranges_path(path).write_text(json.dumps(record, indent=2) + "\n")
-        attach_int8(path)  # the sidecar points at the ranges file as written now
+        # The head stays as built (the ranges did not change); the sidecar points at the file as written now.
+        _record_int8(path, {**entry, "ranges_sha256": file_sha256(int8_ranges_path(path)),
+                            "parity": record["parity"]})
         print(f"{task}: {entry['head']}; parity {json.dumps(record['parity'])}", flush=True)
     return 0
 
