@@ -61,6 +61,17 @@ def png_claiming(width: int, height: int) -> bytes:
             + chunk(b"IEND", b""))
 
 
+def astronaut_faces(astronaut: np.ndarray, size: int) -> np.ndarray:
+    """Real faces: the astronaut's aligned crop, mirrored, shifted and darker (uint8, size x size)."""
+    from core.crop import crop_face
+    from core.detect import detect_faces
+
+    face = detect_faces(astronaut)[0]
+    crop = crop_face(astronaut, face.landmark_array(), size)
+    shifted = crop_face(np.roll(astronaut, (3, -4), axis=(0, 1)), face.landmark_array() + [-4, 3], size)
+    return np.stack([crop, crop[:, ::-1], shifted, (crop * 0.7).astype(np.uint8)])
+
+
 def three_faces(astronaut: np.ndarray) -> np.ndarray:
     """The astronaut's face pasted three times at different sizes (largest in the middle)."""
     import cv2

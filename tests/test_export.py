@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import astronaut_faces as faces
 from core.errors import ModelNotFound
 from core.models import MODEL_FILES, AgeGenderModels, predict_crops
 from core.runtime import file_sha256, part_path, sidecar_path
@@ -17,17 +18,6 @@ pytest.importorskip("openvino")
 
 #: How far the export's outputs may be from the .h5's (float32 both; other kernels sum in another order).
 TOLERANCE = {"age": 1e-3, "gender": 1e-5}
-
-
-def faces(astronaut: np.ndarray, size: int) -> np.ndarray:
-    """Real faces: the astronaut's crop, mirrored, shifted, darker (uint8, size x size)."""
-    from core.crop import crop_face
-    from core.detect import detect_faces
-
-    face = detect_faces(astronaut)[0]
-    crop = crop_face(astronaut, face.landmark_array(), size)
-    shifted = crop_face(np.roll(astronaut, (3, -4), axis=(0, 1)), face.landmark_array() + [-4, 3], size)
-    return np.stack([crop, crop[:, ::-1], shifted, (crop * 0.7).astype(np.uint8)])
 
 
 def copy_models(source: Path, target: Path) -> Path:

@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
+from conftest import astronaut_faces as faces
 from core.errors import ModelNotFound
 from core.models import MODEL_FILES, AgeGenderModels, network_input
 from core.runtime import file_sha256, int8_ranges_path, part_path, sidecar_path, usable_int8
@@ -29,17 +30,6 @@ from train.quantize import (  # noqa: E402 - after the skip: these import openvi
 )
 
 REPO_MODELS = Path(__file__).resolve().parent.parent / "models"
-
-
-def faces(astronaut: np.ndarray, size: int) -> np.ndarray:
-    """Real faces: the astronaut's aligned crop, mirrored, shifted and darker (uint8, size x size)."""
-    from core.crop import crop_face
-    from core.detect import detect_faces
-
-    face = detect_faces(astronaut)[0]
-    crop = crop_face(astronaut, face.landmark_array(), size)
-    shifted = crop_face(np.roll(astronaut, (3, -4), axis=(0, 1)), face.landmark_array() + [-4, 3], size)
-    return np.stack([crop, crop[:, ::-1], shifted, (crop * 0.7).astype(np.uint8)])
 
 
 @pytest.fixture(scope="module")
