@@ -13,6 +13,7 @@ from core.modelcard import (
     load_model_info,
 )
 from ui import charts
+from ui.campaign import show_campaign
 from ui.monitor import show_monitor
 from ui.view import page
 
@@ -22,6 +23,8 @@ info = load_model_info()
 
 st.header("Training now")
 show_monitor(find_runs_dir(models=info.directory))
+st.subheader("The backbone campaign")
+show_campaign(info.directory / "campaign")
 
 st.header("How the shipped models were made")
 tasks = [t for t in ("age", "gender") if lineage(t, info.directory)]

@@ -106,7 +106,7 @@ def test_labels_csv_folder_loads_and_bad_rows_are_skipped_and_counted(tmp_path):
     folder = tmp_path / "my_faces"
     (folder / "sub").mkdir(parents=True)
     rng = np.random.default_rng(0)
-    for name in ("a.jpg", "b.png", "sub/c.jpg", "d e.jpg", "f.jpg"):
+    for name in ("a.jpg", "b.png", "sub/c.jpg", "d e.jpg", "f.jpg", "g.jpg", "h.jpg"):
         Image.fromarray(rng.integers(0, 255, (20, 20, 3), dtype=np.uint8)).save(folder / name)
     (folder / "labels.csv").write_text(
         "File, Age ,gender,race\n"
@@ -120,12 +120,16 @@ def test_labels_csv_folder_loads_and_bad_rows_are_skipped_and_counted(tmp_path):
         "f.jpg,30,1,7\n"            # bad race
         "a.jpg,35,1,2\n"            # listed twice
         "../a.jpg,30,1,0\n"         # outside the folder
-        "f.jpg,30.5,1,0\n")         # age not whole
+        "f.jpg,30.5,1,0\n"          # age not whole
+        "g.jpg,,1,0\n"              # no age: gender only (LFW)
+        "h.jpg,,,0\n")              # neither age nor gender
     samples, malformed = scan(folder)
     assert dataset_name(folder) == "my_faces"
     assert samples == [Sample("a.jpg", 34, 1, 2, "my_faces"), Sample("b.png", 7, 0, -1, "my_faces"),
-                       Sample("d e.jpg", 0, 0, 4, "my_faces"), Sample("sub/c.jpg", 61, 1, -1, "my_faces")]
-    assert len(malformed) == 7 and all(m.startswith("labels.csv line ") for m in malformed)
+                       Sample("d e.jpg", 0, 0, 4, "my_faces"), Sample("g.jpg", -1, 1, 0, "my_faces"),
+                       Sample("sub/c.jpg", 61, 1, -1, "my_faces")]
+    assert len(malformed) == 8 and "neither age nor gender" in malformed[-1]
+    assert all(m.startswith("labels.csv line ") for m in malformed)
     assert "line 6:" in malformed[0] and "listed twice" in malformed[4]
     split = load_or_make_split(folder, tmp_path / "split", **QUIET)
     assert sorted(s.name for v in split.values() for s in v) == sorted(s.name for s in samples)
@@ -270,7 +274,7 @@ def faces(astronaut_chip) -> np.ndarray:
 
 PER_IMAGE = {"random_blur": {}, "random_lowres": {"side": (12, 20)}, "random_jpeg": {}}
 PER_BATCH = {"random_affine": {}, "random_light": {}, "random_colour": {}, "random_grayscale": {},
-             "random_erasing": {}}
+             "random_erasing": {}, "random_old_photo": {}}
 
 
 @pytest.mark.parametrize("name", [*PER_IMAGE, *PER_BATCH, "photo_image", "photo_batch"])

@@ -9,7 +9,8 @@ Two recipes (``python -m train --augment {basic,photo}``):
   own random size or quality): Gaussian blur, down-then-up scaling to an effective 20-64 px, JPEG
   re-encoding at low quality. Per batch, with per-image random values: one affine warp for flip, rotation,
   scale and shift (a detector's box noise, one resampling instead of three), brightness and contrast,
-  colour (saturation, hue, white balance: one colour matrix), grayscale, and random erasing (occlusion).
+  colour (saturation, hue, white balance: one colour matrix), grayscale, an old scanned photograph's look
+  (sepia or faded colour, low contrast, film grain, scan blur, halftone) and random erasing (occlusion).
 
 Every function takes and returns float32 RGB in 0..255 and a stateless seed (shape [2] int); the same
 seeds give the same images. :func:`with_seeds` pairs the elements of a dataset with such seeds.
@@ -54,6 +55,17 @@ class Photo:
     lowres_side: tuple[int, int] = (20, 64)  # effective resolution in pixels
     p_jpeg: float = 0.3
     jpeg_quality: tuple[int, int] = (15, 50)
+    # an old photograph, scanned (per batch, :func:`random_old_photo`): faded or sepia colour, low contrast
+    # with lifted blacks, film grain, the scanner's blur and, for some, a printed halftone screen
+    p_old: float = 0.15
+    sepia: tuple[float, float] = (0.0, 1.0)  # blend towards the sepia tone
+    fade_contrast: tuple[float, float] = (0.45, 0.9)
+    fade_lift: tuple[float, float] = (5.0, 60.0)  # grey levels the blacks are lifted by
+    grain: tuple[float, float] = (2.0, 14.0)  # sigma of the grain in grey levels
+    scan_blur: tuple[float, float] = (0.0, 1.0)  # blend towards a 3 x 3 box blur
+    p_halftone: float = 0.3  # of the old photos
+    halftone: tuple[float, float] = (0.08, 0.3)  # depth of the screen's modulation
+    halftone_period: tuple[float, float] = (2.5, 4.5)  # pixels between dots
 
 
 PHOTO = Photo()
@@ -240,8 +252,41 @@ def random_erasing(images: tf.Tensor, seed, *, p: float = PHOTO.p_erase,
     return tf.where(mask, colour, images)
 
 
+#: The classic sepia-tone matrix (RGB rows).
+_SEPIA = ((0.393, 0.769, 0.189), (0.349, 0.686, 0.168), (0.272, 0.534, 0.131))
+
+
+def random_old_photo(images: tf.Tensor, seed, *, p: float = PHOTO.p_old, config: Photo = PHOTO) -> tf.Tensor:
+    """With probability ``p`` per image, the look of a scanned family photograph: colour blended
+    towards sepia, contrast lowered and blacks lifted (fading), monochrome film grain, the scanner's blur and,
+    for ``p_halftone`` of them, a printed halftone screen. Scanned photos are where the models erred most."""
+    c = config
+    n = _per_image(images)
+    shape = tf.concat([n, [1, 1, 1]], 0)
+    s = tf.random.split(seed, 9)
+    sepia = tf.einsum("bhwj,ij->bhwi", images, tf.constant(_SEPIA, tf.float32))
+    x = images + _uniform(shape, s[0], *c.sepia) * (sepia - images)
+    x = _uniform(shape, s[1], *c.fade_lift) + _uniform(shape, s[2], *c.fade_contrast) * x
+    blurred = tf.nn.avg_pool2d(tf.pad(x, [[0, 0], [1, 1], [1, 1], [0, 0]], mode="SYMMETRIC"), 3, 1, "VALID")
+    x = x + _uniform(shape, s[3], *c.scan_blur) * (blurred - x)
+    grain = tf.random.stateless_normal(tf.concat([tf.shape(images)[:3], [1]], 0), s[4])
+    x = x + _uniform(shape, s[5], *c.grain) * grain
+    h, w = tf.shape(images)[1], tf.shape(images)[2]
+    period = _uniform(shape, s[6], *c.halftone_period)
+    yy = tf.cast(tf.range(h), tf.float32)[None, :, None, None]
+    xx = tf.cast(tf.range(w), tf.float32)[None, None, :, None]
+    screen = 0.5 + 0.5 * tf.cos(2 * math.pi * xx / period) * tf.cos(2 * math.pi * yy / period)
+    depth = _uniform(shape, s[7], *c.halftone) * tf.cast(_uniform(shape, s[8], 0.0, 1.0) < c.p_halftone,
+                                                          tf.float32)
+    x = x * (1.0 - depth + depth * 2.0 * screen)
+    apply = tf.reshape(_uniform(n, tf.random.experimental.stateless_fold_in(seed, 1), 0.0, 1.0) < p,
+                       [-1, 1, 1, 1])
+    return tf.where(apply, tf.clip_by_value(x, 0.0, 255.0), images)
+
+
 def photo_batch(images: tf.Tensor, seed, config: Photo = PHOTO) -> tf.Tensor:
-    """The per-batch part of ``photo``: geometry, light, colour, grayscale, erasing (float32 0..255)."""
+    """The per-batch part of ``photo``: geometry, light, colour, grayscale, an old photograph's look,
+    erasing (float32 0..255)."""
     images = tf.cast(images, tf.float32)
     s = tf.random.split(seed, 5)
     images = random_affine(images, s[0], p_flip=config.p_flip, rotation_deg=config.rotation_deg,
@@ -250,6 +295,8 @@ def photo_batch(images: tf.Tensor, seed, config: Photo = PHOTO) -> tf.Tensor:
     images = random_colour(images, s[2], p=config.p_colour, saturation=config.saturation, hue=config.hue,
                            white_balance=config.white_balance)
     images = random_grayscale(images, s[3], p=config.p_gray)
+    images = random_old_photo(images, tf.random.experimental.stateless_fold_in(seed, 7), p=config.p_old,
+                              config=config)
     return random_erasing(images, s[4], p=config.p_erase, area=config.erase_area, aspect=config.erase_aspect)
 
 

@@ -55,10 +55,11 @@ class Sample:
     """One labelled image: ``name`` is its path relative to the dataset folder."""
 
     name: str
-    age: int
-    gender: int  # 0 male, 1 female
+    age: int  # whole years; -1 where unknown (LFW: such a face trains and scores gender only)
+    gender: int  # 0 male, 1 female; -1 where unknown (the face trains and scores age only)
     race: int  # UTKFace coding 0-4; -1 where unknown (AAF, a labels.csv without race)
     dataset: str = UTKFACE
+    person: str = ""  # who it is, where known: a person's photos stay on one side of the split
 
 
 def parse_name(name: str) -> Sample | None:
@@ -127,6 +128,8 @@ def default_split_dir(data_dir: Path) -> Path:
 
 
 def age_bucket(age: float) -> str:
+    if age < 0:
+        return "unknown"
     for lo, hi in AGE_BUCKETS:
         if lo <= age <= hi:
             return f"{lo}-{hi}" if hi < 200 else f"{lo}+"
@@ -178,7 +181,9 @@ _GENDERS = {"0": 0, "1": 1, "m": 0, "male": 0, "f": 1, "female": 1}
 
 def _scan_labels_csv(data_dir: Path, dataset: str) -> tuple[list[Sample], list[str]]:
     """Rows of ``labels.csv``: ``file`` (path relative to the folder), ``age`` (whole years 0-116), ``gender``
-    (0/1, m/f or male/female; 1 = female) and optionally ``race`` (0-4 in UTKFace's coding, empty = unknown)."""
+    (0/1, m/f or male/female; 1 = female), optionally ``race`` (0-4 in UTKFace's coding, empty = unknown) and
+    ``person`` (a name or id: one person's photos stay on one side of the split). An empty age or gender is
+    unknown (the face trains only the other model); a row without both is malformed."""
     path = data_dir / LABELS_CSV
     with path.open(newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f)
@@ -199,16 +204,19 @@ def _scan_labels_csv(data_dir: Path, dataset: str) -> tuple[list[Sample], list[s
             reason = f"no image {name!r}"
         elif name in samples:
             reason = f"{name!r} listed twice"
-        elif not age.isdigit() or int(age) > MAX_AGE:
-            reason = f"age {age!r} is not a whole number 0-{MAX_AGE}"
-        elif gender not in _GENDERS:
-            reason = f"gender {row['gender']!r} is not 0/1, m/f or male/female"
+        elif age and (not age.isdigit() or int(age) > MAX_AGE):
+            reason = f"age {age!r} is not a whole number 0-{MAX_AGE} (or empty: unknown)"
+        elif gender and gender not in _GENDERS:
+            reason = f"gender {row['gender']!r} is not 0/1, m/f or male/female (or empty: unknown)"
+        elif not age and not gender:
+            reason = "neither age nor gender"
         elif race not in ("", "-1", "0", "1", "2", "3", "4"):
             reason = f"race {race!r} is not 0-4 or empty"
         if reason:
             malformed.append(f"{LABELS_CSV} line {line}: {reason}")
             continue
-        samples[name] = Sample(name, int(age), _GENDERS[gender], int(race or -1), dataset)
+        samples[name] = Sample(name, int(age) if age else -1, _GENDERS[gender] if gender else -1, int(race or -1),
+                               dataset, row.get("person", ""))
     return sorted(samples.values(), key=lambda s: s.name), malformed
 
 
@@ -219,6 +227,31 @@ def duplicate_groups(data_dir: Path, names: list[str]) -> list[list[str]]:
         digest = hashlib.sha1((Path(data_dir) / name).read_bytes()).hexdigest()
         by_hash[digest].append(name)
     return sorted(by_hash.values())
+
+
+def join_people(samples: list[Sample], groups: list[list[str]]) -> list[list[str]]:
+    """Merge groups that hold photos of one person (``Sample.person``), so that a person, like a set of
+    byte-identical files, is never on both sides of a split. Samples without a person keep their groups."""
+    parent = list(range(len(groups)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    person = {s.name: s.person for s in samples}
+    first_of: dict[str, int] = {}
+    for i, group in enumerate(groups):
+        for name in group:
+            who = person.get(name, "")
+            if who:
+                j = first_of.setdefault(who, i)
+                parent[root(i)] = root(j)
+    merged: dict[int, list[str]] = defaultdict(list)
+    for i, group in enumerate(groups):
+        merged[root(i)].extend(group)
+    return sorted(sorted(g) for g in merged.values())
 
 
 def make_split(samples: list[Sample], groups: list[list[str]], *, seed: int = 42,
@@ -257,9 +290,10 @@ def load_or_make_split(data_dir: Path, split_dir: Path | None = None, *, seed: i
     by_name = {s.name: s for s in samples}
     files = {k: split_dir / f"{k}.txt" for k in SPLITS}
     if not all(f.is_file() for f in files.values()):
-        groups = duplicate_groups(data_dir, [s.name for s in samples])
+        groups = join_people(samples, duplicate_groups(data_dir, [s.name for s in samples]))
         n_dup = sum(len(g) for g in groups if len(g) > 1)
-        log(f"{len(samples)} samples, {n_dup} files in {sum(len(g) > 1 for g in groups)} duplicate groups")
+        log(f"{len(samples)} samples, {n_dup} files in {sum(len(g) > 1 for g in groups)} groups of copies or of "
+            "one person's photos")
         split = make_split(samples, groups, seed=seed)
         split_dir.mkdir(parents=True, exist_ok=True)
         for k, f in files.items():
@@ -422,15 +456,24 @@ def labels(samples: list[Sample], task: str) -> dict[str, np.ndarray] | np.ndarr
     return {"age": age, "gender": gender, "race": race}
 
 
-def _with_race_mask(targets):
-    """Multitask targets -> (targets, sample weights): an unknown race (-1, e.g. AAF) becomes class 0 with
-    weight 0 in the race loss and its (weighted) accuracy; ``None`` weights for single-task targets."""
-    if not isinstance(targets, Mapping) or "race" not in targets:
+def with_masks(targets):
+    """Multitask targets -> (targets, sample weights): an unknown label (-1: race of AAF, age of LFW, ...)
+    gets weight 0 in its loss and its (weighted) metrics, and a harmless value (0) in place of -1, so its
+    rows never reach that head's loss; ``None`` weights for single-task targets (their samples all have
+    the label: :func:`for_task`)."""
+    if not isinstance(targets, Mapping):
         return targets, None
-    race = np.asarray(targets["race"])
-    weights = {k: np.ones(len(race), np.float32) for k in targets}
-    weights["race"] = (race >= 0).astype(np.float32)
-    return {**targets, "race": np.maximum(race, 0).astype(race.dtype)}, weights
+    weights = {k: (np.asarray(v) >= 0).astype(np.float32) for k, v in targets.items()}
+    return {k: np.maximum(np.asarray(v), 0).astype(np.asarray(v).dtype) for k, v in targets.items()}, weights
+
+
+def for_task(samples: list[Sample], task: str) -> list[Sample]:
+    """The samples that carry the label a task trains on (all of them for ``multitask``)."""
+    if task == "age":
+        return [s for s in samples if s.age >= 0]
+    if task == "gender":
+        return [s for s in samples if s.gender >= 0]
+    return list(samples)
 
 
 def _concat(trees: list):
@@ -452,7 +495,7 @@ def make_dataset(images: np.ndarray, targets, *, batch_size: int, training: bool
         return make_mixed_dataset({"": (images, targets)}, batch_size=batch_size, seed=seed, augment=augment)
     import tensorflow as tf
 
-    targets, weights = _with_race_mask(targets)
+    targets, weights = with_masks(targets)
     ds = tf.data.Dataset.from_tensor_slices((images, targets) if weights is None else (images, targets, weights))
     ds = ds.batch(batch_size).map(lambda x, *rest: (preprocess_input(x), *rest),
                                   num_parallel_calls=tf.data.AUTOTUNE)
@@ -508,7 +551,7 @@ def make_mixed_dataset(parts: Mapping[str, tuple[np.ndarray, object]], *, batch_
     steps = math.ceil(total / batch_size)
 
     images = tf.constant(parts[names[0]][0] if len(names) == 1 else np.concatenate([parts[k][0] for k in names]))
-    targets, sample_weights = _with_race_mask(_concat([parts[k][1] for k in names]))
+    targets, sample_weights = with_masks(_concat([parts[k][1] for k in names]))
     columns = tf.nest.map_structure(tf.constant, (targets,) if sample_weights is None else (targets, sample_weights))
     offsets = np.cumsum([0] + [sizes[k] for k in names])
     if age_balance:
@@ -525,6 +568,21 @@ def make_mixed_dataset(parts: Mapping[str, tuple[np.ndarray, object]], *, batch_
         index = tf.data.Dataset.sample_from_datasets(
             [s.repeat() for s in streams], weights=[shares[k] for k in names], seed=seed,
             rerandomize_each_iteration=True).take(steps * batch_size)
+
+    return index_batches(index, images, columns, batch_size=batch_size, augment=augment, seed=seed)
+
+
+def index_batches(index, images, columns, *, batch_size: int, augment: str, seed: int):
+    """Indices (a tf.data dataset of int64) -> preprocessed, augmented training batches, prefetched.
+
+    ``images``: one tensor of uint8 crops; ``columns``: the tuple (targets,) or (targets, sample weights),
+    gathered at the same indices. The same indices and ``seed`` give the same batches (every random choice
+    of :mod:`train.augment` is a stateless function of seeds drawn from ``seed``), which is what lets the
+    campaign (:mod:`train.campaign`) resume a chunk exactly.
+    """
+    import tensorflow as tf
+
+    from train import augment as aug
 
     def gather(j):
         return (tf.gather(images, j), *tf.nest.map_structure(lambda t: tf.gather(t, j), columns))

@@ -56,42 +56,57 @@ def _round(value: float, digits: int) -> float:
     return round(float(value), digits)
 
 
+def age_slope(true_age, pred_age) -> float | None:
+    """How much of a year's difference in true age the predictions keep: the least-squares slope of predicted
+    on true age. 1 is no compression; 0.8 means ages pulled a fifth of the way towards the middle."""
+    true_age, pred_age = np.asarray(true_age, float), np.asarray(pred_age, float)
+    if len(true_age) < 2 or np.ptp(true_age) == 0:
+        return None
+    centred = true_age - true_age.mean()
+    return _round(np.sum(centred * (pred_age - pred_age.mean())) / np.sum(centred**2), 4)
+
+
 def compute_metrics(true_age, pred_age, true_female, p_female, race=None, low=None, high=None) -> dict:
     """All evaluation numbers from plain arrays (one entry per scored face).
 
     ``race``: 0-4 (:data:`RACES`), -1 where unknown (``None``: unknown for all); per-race numbers are given
     only when some race is known. ``low``/``high``: the predicted age range (``None``: no range, coverage
-    ``None``). Errors are signed as predicted - true: a positive bias means too old.
+    ``None``). Errors are signed as predicted - true: a positive bias means too old. An age or gender of -1
+    is unknown: that face counts only in the other label's numbers. ``age_slope`` and the signed error per
+    bucket (``per_age_bucket[...]["age_bias"]``) measure how far ages are pulled towards the middle.
     """
     true_age, pred_age = np.asarray(true_age, float), np.asarray(pred_age, float)
     true_female, p_female = np.asarray(true_female, float), np.asarray(p_female, float)
     race = np.full(len(true_age), -1) if race is None else np.asarray(race, int)
+    aged, gendered = true_age >= 0, true_female >= 0  # -1: no label (LFW has no ages)
     signed = pred_age - true_age
     err = np.abs(signed)
     correct = (p_female >= 0.5) == (true_female >= 0.5)
 
     def group(mask) -> dict:
-        n = int(mask.sum())
+        n, a, g = int(mask.sum()), mask & aged, mask & gendered
         return {"n": n,
-                "age_mae": _round(err[mask].mean(), 3) if n else None,
-                "age_bias": _round(signed[mask].mean(), 3) if n else None,
-                "age_median_error": _round(np.median(signed[mask]), 3) if n else None,
-                "gender_accuracy": _round(correct[mask].mean(), 4) if n else None}
+                "age_mae": _round(err[a].mean(), 3) if a.any() else None,
+                "age_bias": _round(signed[a].mean(), 3) if a.any() else None,
+                "age_median_error": _round(np.median(signed[a]), 3) if a.any() else None,
+                "gender_accuracy": _round(correct[g].mean(), 4) if g.any() else None}
 
     everyone = group(np.ones(len(true_age), bool))
     coverage = None
-    if low is not None and high is not None and len(true_age):
-        coverage = _round(np.mean((true_age >= np.asarray(low, float)) & (true_age <= np.asarray(high, float))), 4)
+    if low is not None and high is not None and aged.any():
+        inside = (true_age >= np.asarray(low, float)) & (true_age <= np.asarray(high, float))
+        coverage = _round(np.mean(inside[aged]), 4)
     return {
         "n": everyone["n"],
         "age_mae": everyone["age_mae"],
-        "age_rmse": _round(np.sqrt(np.mean(err**2)), 3) if len(err) else None,
+        "age_rmse": _round(np.sqrt(np.mean(err[aged] ** 2)), 3) if aged.any() else None,
+        "age_slope": age_slope(true_age[aged], pred_age[aged]),
         "age_bias": everyone["age_bias"],
         "age_median_error": everyone["age_median_error"],
         "age_range_coverage": coverage,
         "gender_accuracy": everyone["gender_accuracy"],
-        "gender_accuracy_adults": group(true_age >= 20)["gender_accuracy"],
-        "under_20": group(true_age < 20),
+        "gender_accuracy_adults": group(aged & (true_age >= 20))["gender_accuracy"],
+        "under_20": group(aged & (true_age < 20)),
         "per_age_bucket": {bucket_label(lo, hi): group((true_age >= lo) & (true_age <= (np.inf if hi is None else hi)))
                            for lo, hi in EVAL_AGE_BUCKETS},
         "per_race": {RACES[r]: group(race == r) for r in range(len(RACES))} if (race >= 0).any() else {},
@@ -222,6 +237,8 @@ def format_report(m: dict) -> str:
     groups = "  ".join(f"{k}: MAE {v['age_mae']} bias {v['age_bias']} acc {v['gender_accuracy']} (n={v['n']})"
                        for k, v in m["per_age_bucket"].items())
     lines = [f"mode {m['mode']}: {m['n']} faces scored, {m['no_face']} without a detected face",
+             f"age slope (predicted on true) {_fmt(m.get('age_slope'), '.3f')}; signed error per bucket: "
+             + "  ".join(f"{k} {_fmt(v['age_bias'], '+.2f')}" for k, v in m["per_age_bucket"].items()),
              f"age MAE {m['age_mae']} (RMSE {m['age_rmse']}), bias {m['age_bias']} (median {m['age_median_error']}), "
              f"under 20: bias {m['under_20']['age_bias']}, true age inside the range: "
              + _fmt(m["age_range_coverage"], ".1%"),

@@ -66,7 +66,7 @@ def compile_args(task: str) -> dict:
     """Keras ``compile`` keyword arguments (loss, metrics, loss_weights) for a task's model.
 
     Multitask models get one entry per output and loss weights that put the age MSE (in years squared) on
-    the scale of the cross-entropies; the race loss and accuracy leave out images whose race is unknown.
+    the scale of the cross-entropies; each output's loss and metrics leave out images without its label.
     Loss names are the ones that reload from Keras 3 ``.h5`` files.
     """
     losses = {"age": "mean_squared_error", "gender": "binary_crossentropy",
@@ -75,9 +75,9 @@ def compile_args(task: str) -> dict:
     if task != "multitask":
         return {"loss": losses[task], "metrics": metrics[task]}
     weights = {"age": 1.0 / AGE_STD**2, "gender": 1.0, "race": 0.5}
-    # race accuracy is weighted: images without a race label (AAF) have race weight 0 (see train.data)
-    return {"loss": losses, "metrics": metrics, "weighted_metrics": {"race": ["accuracy"]},
-            "loss_weights": weights}
+    # every metric is weighted: an image without a label (race of AAF, age of LFW) has weight 0 for that
+    # output (train.data.with_masks), so it counts in neither the loss nor the metric
+    return {"loss": losses, "weighted_metrics": {**metrics, "race": ["accuracy"]}, "loss_weights": weights}
 
 
 def freeze_blocks(model: keras.Model, n_blocks: int) -> list[str]:

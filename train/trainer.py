@@ -46,6 +46,7 @@ from train.data import (
     check_age_balance,
     dataset_weights,
     describe_dataset,
+    for_task,
     labels,
     load_chips,
     load_chips_of,
@@ -114,7 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup-epochs", type=float, default=1.0)
     p.add_argument("--weight-decay", type=float, default=1e-4, help="AdamW decoupled weight decay")
     p.add_argument("--init", default="scratch",
-                   help="scratch | vggface (rcmalli no-top weights from --vggface-weights) | PATH of a "
+                   help="scratch | campaign (the backbone campaign's weights in models/campaign, python -m "
+                        "train campaign) | vggface (rcmalli no-top weights from --vggface-weights) | PATH of a "
                         "model.keras from an earlier run (e.g. the multitask backbone), of a shipped model .h5 "
                         "(continue training it) or of an rcmalli .h5")
     p.add_argument("--vggface-weights", default=os.environ.get("VGGFACE_WEIGHTS"),
@@ -185,6 +187,18 @@ def _initialise(model, init: str, vggface_weights: str | None, log) -> str:
 
     if init == "scratch":
         return "from scratch (He-normal convolutions, batch norm)"
+    if init == "campaign":
+        from train.campaign_state import CAMPAIGN_DIR, load_checkpoint, read_plan, set_model_weights
+
+        state, weights = load_checkpoint(CAMPAIGN_DIR)
+        plan = read_plan(CAMPAIGN_DIR)
+        if weights is None or plan is None:
+            raise FileNotFoundError(f"--init campaign: no campaign state in {CAMPAIGN_DIR} (python -m train "
+                                    "campaign starts one)")
+        names = set_model_weights(model, weights, strict=False)
+        log(f"initialised {len(names)} layers from the campaign ({state.images_seen:,} images seen)")
+        return (f"the backbone campaign after {state.images_seen:,} of {plan.total_images:,} images "
+                f"({len(names)} layers)")
     if init == "vggface":
         if not vggface_weights:
             raise FileNotFoundError("--init vggface needs --vggface-weights PATH or VGGFACE_WEIGHTS "
@@ -306,8 +320,9 @@ class ProgressFile(keras.callbacks.Callback):
     """
 
     def __init__(self, run_dir: Path, *, size: int, phase: str, epochs: int, batch_size: int, started: float,
-                 every_batches: int = 20, every_seconds: float = 5.0):
+                 every_batches: int = 20, every_seconds: float = 5.0, unit: str = "epoch"):
         super().__init__()
+        self.unit = unit  # what an "epoch" is called on the monitor (the campaign's are chunks)
         self.path, self.size, self.phase, self.epochs = run_dir / "progress.json", size, phase, epochs
         self.batch_size, self.started = batch_size, started
         self.every_batches, self.every_seconds = every_batches, every_seconds
@@ -333,7 +348,8 @@ class ProgressFile(keras.callbacks.Callback):
                    "epochs": self.epochs, "batch": done, "batches": batches,
                    "images_per_s": None if rate is None else round(rate, 2),
                    "elapsed_s": round(now - self.started, 1), "eta_s": 0.0 if self.state == "finished" else eta,
-                   "updated": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "pid": os.getpid()}
+                   "updated": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "pid": os.getpid(),
+                   "unit": self.unit}
         tmp = self.path.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(payload))
         os.replace(tmp, self.path)
@@ -365,18 +381,25 @@ class ProgressFile(keras.callbacks.Callback):
 
 def dataset_metrics(task: str, pred, y) -> dict[str, float]:
     """Age MAE and gender accuracy of predictions, under the names Keras gives them (``mae``, ``accuracy``;
-    ``age_mae``, ``gender_accuracy`` for multitask)."""
+    ``age_mae``, ``gender_accuracy`` for multitask), over the faces that have the label (-1: none); a
+    metric without any labelled face is left out."""
     def mae(p, t):
-        return float(np.mean(np.abs(np.ravel(p) - np.ravel(t))))
+        p, t = np.ravel(p), np.ravel(t)
+        known = t >= 0  # -1: no label (LFW's ages)
+        return float(np.mean(np.abs(p[known] - t[known]))) if known.any() else None
 
     def accuracy(p, t):
-        return float(np.mean((np.ravel(p) >= 0.5) == (np.ravel(t) >= 0.5)))
+        p, t = np.ravel(p), np.ravel(t)
+        known = t >= 0
+        return float(np.mean((p[known] >= 0.5) == (t[known] >= 0.5))) if known.any() else None
 
     if task == "age":
-        return {"mae": mae(pred, y)}
-    if task == "gender":
-        return {"accuracy": accuracy(pred, y)}
-    return {"age_mae": mae(pred["age"], y["age"]), "gender_accuracy": accuracy(pred["gender"], y["gender"])}
+        out = {"mae": mae(pred, y)}
+    elif task == "gender":
+        out = {"accuracy": accuracy(pred, y)}
+    else:
+        out = {"age_mae": mae(pred["age"], y["age"]), "gender_accuracy": accuracy(pred["gender"], y["gender"])}
+    return {k: v for k, v in out.items() if v is not None}
 
 
 def validation_by_dataset(task: str, pred: np.ndarray, y: np.ndarray, samples) -> dict | None:
@@ -435,8 +458,12 @@ def train(args: argparse.Namespace) -> dict:
     if resuming and set(saved.get("datasets", srcs)) != set(srcs):
         raise ValueError(f"--resume: the run trained on {sorted(saved['datasets'])}, not {sorted(srcs)}")
     splits: dict[str, dict[str, list]] = {}
-    for name, src in srcs.items():
-        split = load_or_make_split(src.data_dir, src.split_dir, seed=42, log=log)
+    for name, src in list(srcs.items()):
+        whole = load_or_make_split(src.data_dir, src.split_dir, seed=42, log=log)
+        split = {part: for_task(samples, args.task) for part, samples in whole.items()}
+        if whole["train"] and not split["train"]:
+            log(f"{name}: no {args.task} labels (LFW has no ages); not used for the {args.task} model")
+            continue
         if args.limit:
             split = {**split, "train": split["train"][: args.limit],
                      "val": split["val"][: max(4, args.limit // 4)]}
@@ -444,6 +471,9 @@ def train(args: argparse.Namespace) -> dict:
             raise ValueError(f"no training or validation samples found in {src.data_dir} (expected UTKFace or "
                              "All-Age-Faces file names, or a labels.csv)")
         splits[name] = split
+    srcs = {name: src for name, src in srcs.items() if name in splits}
+    if not splits:
+        raise ValueError(f"none of the datasets has {args.task} labels")
     train_s = [s for split in splits.values() for s in split["train"]]
     val_s = [s for split in splits.values() for s in split["val"]]
     weights = dataset_weights({k: len(v["train"]) for k, v in splits.items()}, args.dataset_weights)

@@ -300,3 +300,38 @@ def degradation_figure(datasets: dict[str, dict[str, dict]], mode: str, metric: 
                       xaxis_title="degradation", yaxis_title=f"change of {DELTA_LABELS[metric]}",
                       yaxis_tickformat="+.1%" if metric == "gender_accuracy" else "+", margin={"t": 50, "b": 40})
     return fig
+
+
+#: The campaign's validation columns, per kind: (column prefix, axis title).
+CAMPAIGN_PANELS = (("val_age_mae_", "validation age MAE (years)"),
+                   ("val_gender_acc_", "validation gender accuracy"),
+                   ("val_age_slope_", "age slope (1 = no pull to the middle)"))
+
+
+def campaign_figure(history: pd.DataFrame, log: pd.DataFrame | None = None) -> go.Figure:
+    """The backbone campaign's validation curves against images seen, one subplot per kind of metric and a
+    line per dataset, with a dashed line where each later stretch (another machine, or a restart) began."""
+    panels = [(prefix, title, [c for c in history.columns if c.startswith(prefix)])
+              for prefix, title in CAMPAIGN_PANELS]
+    panels = [p for p in panels if p[2]]
+    if history.empty or not panels:
+        return go.Figure().update_layout(title="No campaign validation yet")
+    fig = make_subplots(rows=len(panels), cols=1, subplot_titles=[t for _, t, _ in panels], shared_xaxes=True,
+                        vertical_spacing=0.07)
+    datasets = sorted({c.rsplit("_", 1)[1] for _, _, cols in panels for c in cols})
+    palette = dict(zip(datasets, itertools.cycle(plotly.colors.qualitative.Plotly)))
+    shown: set[str] = set()
+    for row, (prefix, _, cols) in enumerate(panels, 1):
+        for col in cols:
+            name = col[len(prefix):]
+            fig.add_trace(go.Scatter(x=history["images_seen"], y=history[col], mode="lines+markers", name=name,
+                                     legendgroup=name, showlegend=name not in shown,
+                                     line={"color": palette[name]}), row=row, col=1)
+            shown.add(name)
+    if log is not None and len(log) > 1:
+        for _, stretch in log.iloc[1:].iterrows():
+            fig.add_vline(x=stretch["images_at_start"], line_dash="dash", line_color="gray")
+    fig.update_xaxes(title_text="images seen", row=len(panels), col=1)
+    fig.update_layout(title="Backbone campaign: validation per dataset (at the input size of the time, no flip)",
+                      height=240 * len(panels) + 90, margin={"t": 70, "b": 40}, hovermode="x unified")
+    return fig

@@ -92,14 +92,14 @@ def status_text(run: RunProgress) -> str:
                 f"{p.get('pid', '?')}); `python -m train ... --resume` continues it.")
     step = p.get("step", "training")
     batches = f" batch {p.get('batch', 0)} of {p['batches']}" if p.get("batches") and step == "training" else ""
-    return f"{step}{batches}, epoch {p.get('epoch', '?')} of {p.get('epochs', '?')}, {where}"
+    return f"{step}{batches}, {p.get('unit', 'epoch')} {p.get('epoch', '?')} of {p.get('epochs', '?')}, {where}"
 
 
 def show_run(run: RunProgress) -> None:
     """The numbers, the progress bar and the run's curves so far."""
     p = run.progress
     c1, c2, c3, c4 = st.columns(4)
-    c1.metric("Epoch", f"{p.get('epoch', '?')} / {p.get('epochs', '?')}")
+    c1.metric(p.get("unit", "epoch").capitalize(), f"{p.get('epoch', '?')} / {p.get('epochs', '?')}")
     rate = p.get("images_per_s")
     c2.metric("Images/s", "n/a" if rate is None else f"{rate:.1f}")
     c3.metric("Elapsed", duration(p.get("elapsed_s")))
