@@ -20,7 +20,7 @@ from functools import lru_cache
 import cv2
 import numpy as np
 
-from core import mtcnn_lite  # NumPy and OpenCV only at import: nothing loads until get_detector()
+from core import lite, mtcnn_lite  # NumPy and OpenCV only at import: nothing loads until get_detector()
 
 #: Longest side of the image given to MTCNN; larger photos are downscaled for detection only.
 DETECT_MAX_SIDE = 1280
@@ -71,27 +71,6 @@ class Detection:
         return np.array([self.landmarks[n] for n in LANDMARK_NAMES], dtype=np.float64)
 
 
-def new_mtcnn():
-    """A new ``mtcnn.MTCNN`` as the package builds it (its networks in Keras, eager), in float32.
-
-    MTCNN's networks are float32 Keras models: built under a global mixed_bfloat16 policy (as in training)
-    they would compute in bf16, and mtcnn's box code then fails on bf16 arrays. The policy is restored after.
-    Used to run the package's stages (:class:`PackageStages`) and to convert its networks to LiteRT.
-    """
-    from core.hardware import import_tensorflow
-
-    import_tensorflow()  # maybe while the models load in another thread (core.pipeline.prepare)
-    import keras
-    from mtcnn import MTCNN
-
-    policy = keras.mixed_precision.global_policy()
-    keras.mixed_precision.set_global_policy("float32")
-    try:
-        return MTCNN(device="CPU:0")
-    finally:
-        keras.mixed_precision.set_global_policy(policy)
-
-
 class PackageStages:
     """MTCNN as the ``mtcnn`` package runs it: its stages (TensorFlow ops), its networks as ``tf.function``s.
 
@@ -103,7 +82,7 @@ class PackageStages:
     runtime = "tensorflow"  #: what runs the networks (``python -m bench`` prints it)
 
     def __init__(self) -> None:
-        self.mtcnn = new_mtcnn()  # imports TensorFlow first, one thread at a time
+        self.mtcnn = mtcnn_lite.new_mtcnn()  # imports TensorFlow first, one thread at a time
         import tensorflow as tf
 
         for stage in self.mtcnn.stages:
@@ -153,8 +132,6 @@ def get_detector() -> LiteStages | PackageStages:
     needs no TensorFlow after the first start on a machine; otherwise, or where that fails, as the package
     runs them (:class:`PackageStages`).
     """
-    from core import lite
-
     if lite.enabled():
         try:
             return LiteStages()

@@ -56,26 +56,3 @@ def cpu_description(cpuinfo: str | None = None) -> str:
 def cpu_threads() -> int:
     """The cores this process may run on (its affinity where the OS tells it)."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
-def bf16_policy_available() -> bool:
-    """Whether ``mixed_bfloat16`` will be fast here: any visible GPU, and a CPU with bf16 math unless bf16
-    measured slower than float32 on it; float32 elsewhere (training's ``--precision auto``).
-
-    The measurement is the inference export's (:func:`core.runtime.measured_precision`, the shipped age
-    model's layers, timed once per CPU and remembered); it predicts training too: on an Intel Xeon with
-    AVX512-BF16 but no AMX, inference ran 1.7x and a fine-tune 1.7x faster in float32 (19.7 against 11.5
-    images/s, README "Training"). Without a usable export of the shipped models, a bf16 CPU counts as fast.
-    """
-    import_tensorflow()
-    import tensorflow as tf
-
-    if tf.config.list_physical_devices("GPU"):
-        return True
-    if not cpu_supports_bf16():
-        return False
-    from core.models import DEFAULT_MODELS_DIR, model_paths
-    from core.runtime import measured_precision, usable_export
-
-    age = model_paths(DEFAULT_MODELS_DIR)["age"]
-    return usable_export(age)[0] is None or measured_precision(age) == "bfloat16"

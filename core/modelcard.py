@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from core.models import MODEL_FILES, models_dir
+from core.modelfiles import MODEL_FILES, models_dir
 
 METRIC_FILES = {"chip": "metrics_test_chip.json", "detect": "metrics_test_detect.json"}
 #: Folder (in ``models/``) of the ``<dataset>_<model>_<mode>.json`` files of ``python -m train.evaluate --out-dir``.

@@ -10,7 +10,6 @@ one backbone with blocks 1-2 frozen), the trunk runs once for both.
 
 from __future__ import annotations
 
-import json
 import os
 import threading
 import warnings
@@ -21,7 +20,11 @@ from typing import Any
 
 import numpy as np
 
+from core import hardware
 from core.errors import ModelNotFound
+from core.modelfiles import DEFAULT_MODELS_DIR, model_paths, models_dir, read_metadata, require_model_file
+from core.modelfiles import MODEL_FILES as MODEL_FILES  # re-exported: the app and train import both from here
+from core.modelfiles import require_models as require_models
 from core.reliability import GenderReliability
 from core.runtime import (
     Network,
@@ -37,43 +40,6 @@ from core.runtime import (
     weights_digest,
 )
 from core.vggface import preprocess_input
-
-#: Folder with the shipped models; override with the AGEGENDER_MODELS_DIR environment variable.
-DEFAULT_MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
-MODEL_FILES = {"age": "age_model.h5", "gender": "gender_model.h5"}
-
-
-def models_dir(path: str | Path | None = None) -> Path:
-    return Path(path or os.environ.get("AGEGENDER_MODELS_DIR") or DEFAULT_MODELS_DIR)
-
-
-def metadata_path(model_path: Path) -> Path:
-    return model_path.with_suffix(".json")
-
-
-def read_metadata(model_path: Path) -> dict[str, Any]:
-    meta = metadata_path(model_path)
-    if not meta.is_file():
-        raise ModelNotFound(f"{meta} is missing: every model needs its metadata file next to it. "
-                            "Re-export the model with `python -m train`.")
-    return json.loads(meta.read_text())
-
-
-def require_model_file(path: Path) -> None:
-    """Raise :class:`ModelNotFound`, saying how to get it, when the model file ``path`` is missing."""
-    if not path.is_file():
-        raise ModelNotFound(
-            f"model file {path} not found. Train it with `python -m train {path.stem.split('_')[0]} "
-            "--data-dir PATH/TO/UTKFace` (see README), or put a trained .h5 and its .json there, or point "
-            "AGEGENDER_MODELS_DIR at a folder that has them."
-        )
-
-
-def require_models(directory: str | Path | None = None) -> None:
-    """Raise :class:`ModelNotFound` at once, before TensorFlow is imported or anything loaded, when a model
-    file is missing (:func:`core.pipeline.prepare`, and so the CLI, and the app's loader call this first)."""
-    for path in model_paths(models_dir(directory)).values():
-        require_model_file(path)
 
 
 def load_keras_model(path: Path):
@@ -112,12 +78,30 @@ def inference_precision() -> str:
     AGEGENDER_PRECISION overrides (``int8`` exists only in the export: Keras runs float32 then).
 
     The export measures which precision is fastest on the CPU instead (:func:`export_candidates`)."""
-    from core.hardware import cpu_supports_bf16
-
     override = precision_override()
     if override in ("float32", "bfloat16"):
         return override
-    return "bfloat16" if override is None and cpu_supports_bf16() else "float32"
+    return "bfloat16" if override is None and hardware.cpu_supports_bf16() else "float32"
+
+
+def bf16_policy_available() -> bool:
+    """Whether ``mixed_bfloat16`` will be fast here: any visible GPU, and a CPU with bf16 math unless bf16
+    measured slower than float32 on it; float32 elsewhere (training's ``--precision auto``).
+
+    The measurement is the inference export's (:func:`core.runtime.measured_precision`, the shipped age
+    model's layers, timed once per CPU and remembered); it predicts training too: on an Intel Xeon with
+    AVX512-BF16 but no AMX, inference ran 1.7x and a fine-tune 1.7x faster in float32 (19.7 against 11.5
+    images/s, README "Training"). Without a usable export of the shipped models, a bf16 CPU counts as fast.
+    """
+    hardware.import_tensorflow()
+    import tensorflow as tf
+
+    if tf.config.list_physical_devices("GPU"):
+        return True
+    if not hardware.cpu_supports_bf16():
+        return False
+    age = model_paths(DEFAULT_MODELS_DIR)["age"]
+    return usable_export(age)[0] is None or measured_precision(age) == "bfloat16"
 
 
 def inference_copy(model, *, bfloat16: bool = False):
@@ -277,14 +261,8 @@ class Networks:
         return out
 
 
-def model_paths(directory: Path) -> dict[str, Path]:
-    return {task: directory / name for task, name in MODEL_FILES.items()}
-
-
 def _keras_networks(paths: dict[str, Path], precision: str) -> Networks:
-    from core.hardware import import_tensorflow
-
-    import_tensorflow()  # maybe while the detector thread imports it too
+    hardware.import_tensorflow()  # maybe while the detector thread imports it too
     trunks, heads, digests = {}, {}, {}
     for task, path in paths.items():
         model = load_keras_model(path)
@@ -322,9 +300,7 @@ def int8_unusable(paths: dict[str, Path], records: dict[str, dict[str, Any]]) ->
 def export_candidates(paths: dict[str, Path], records: dict[str, dict[str, Any]]) -> tuple[str, ...]:
     """The precisions the export of ``paths`` can run in on this CPU: float32; bfloat16 where the CPU has bf16
     math; int8 where both int8 heads are built and current."""
-    from core.hardware import cpu_supports_bf16
-
-    return (("float32",) + (("bfloat16",) if cpu_supports_bf16() else ())
+    return (("float32",) + (("bfloat16",) if hardware.cpu_supports_bf16() else ())
             + (("int8",) if not int8_unusable(paths, records) else ()))
 
 
@@ -370,9 +346,7 @@ def _cached_networks(directory: str, runtime: str, requested: str) -> Networks:
 def requested_precision() -> str:
     """AGEGENDER_PRECISION as asked (``auto`` when unset or not a precision), with whether the CPU has bf16
     math where it is ``auto``: what the loaded networks depend on besides the folder and the runtime."""
-    from core.hardware import cpu_supports_bf16
-
-    return precision_override() or f"auto ({'bf16' if cpu_supports_bf16() else 'no bf16'})"
+    return precision_override() or f"auto ({'bf16' if hardware.cpu_supports_bf16() else 'no bf16'})"
 
 
 def settle_precision(directory: str | Path | None = None) -> None:

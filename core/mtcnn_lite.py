@@ -10,8 +10,9 @@ networks converted to LiteRT flatbuffers. ``tests/test_mtcnn_lite.py`` compares 
 package's.
 
 The flatbuffers are made from the weights inside the ``mtcnn`` package once per machine and cached
-(:func:`core.lite.cached_flatbuffer`); only that first conversion imports TensorFlow. Nothing here imports
-``mtcnn`` itself (its ``__init__`` imports TensorFlow): the weights are found with ``importlib``.
+(:func:`core.lite.cached_flatbuffer`); only that first conversion imports TensorFlow. Importing this module
+does not import ``mtcnn`` (its ``__init__`` imports TensorFlow): the weights are found with ``importlib``, and
+only :func:`new_mtcnn` (the package's own networks, to convert or to run) imports it.
 
     nets = load_nets()                       # the three networks, converted once per machine
     rows = detect(rgb, nets, min_face_size=20, threshold_onet=0.8)
@@ -28,6 +29,9 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+
+from core import lite
+from core.hardware import cpu_threads, import_tensorflow
 
 #: The networks in stage order, the side of the square patches RNet and ONet take (PNet takes whole pyramid
 #: levels), and the widths of their outputs in the order the package's stages unpack them: box regression,
@@ -61,8 +65,6 @@ class LiteNet:
 
     def __init__(self, flatbuffer: bytes, widths: tuple[int, ...], *, patch: int | None = None,
                  threads: int | None = None) -> None:
-        from core.hardware import cpu_threads
-
         self.flatbuffer = flatbuffer
         self.widths = widths
         self.patch = patch
@@ -138,11 +140,28 @@ def cache_name(net: str = "pnet") -> str:
     return f"mtcnn-{importlib.metadata.version('mtcnn')}-{net}-{digest}-tf{tensorflow_version()}.tflite"
 
 
+def new_mtcnn():
+    """A new ``mtcnn.MTCNN`` as the package builds it (its networks in Keras, eager), in float32.
+
+    MTCNN's networks are float32 Keras models: built under a global mixed_bfloat16 policy (as in training)
+    they would compute in bf16, and mtcnn's box code then fails on bf16 arrays. The policy is restored after.
+    Used to run the package's stages (:class:`core.detect.PackageStages`) and to convert its networks to LiteRT.
+    """
+    import_tensorflow()  # maybe while the models load in another thread (core.pipeline.prepare)
+    import keras
+    from mtcnn import MTCNN
+
+    policy = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy("float32")
+    try:
+        return MTCNN(device="CPU:0")
+    finally:
+        keras.mixed_precision.set_global_policy(policy)
+
+
 def convert(keras_net, patch: int | None) -> bytes:
     """A LiteRT flatbuffer of one of the package's Keras networks (imports TensorFlow)."""
     import tensorflow as tf
-
-    from core import lite
 
     spec = tf.TensorSpec([1, None, None, 3] if patch is None else [None, patch, patch, 3], tf.float32)
     return lite.convert(tf.function(lambda x: keras_net(x), input_signature=[spec]))
@@ -150,14 +169,10 @@ def convert(keras_net, patch: int | None) -> bytes:
 
 def load_nets(threads: int | None = None) -> dict[str, LiteNet]:
     """The three networks on LiteRT, from the cache, or converted (TensorFlow, ``mtcnn``) and cached."""
-    from core import lite
-
     keras_nets: dict[str, object] = {}
 
     def make(net: str) -> bytes:
         if not keras_nets:
-            from core.detect import new_mtcnn
-
             keras_nets.update(zip(NETS, (stage.model for stage in new_mtcnn().stages), strict=True))
         return convert(keras_nets[net], PATCH[net])
 

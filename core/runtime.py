@@ -41,6 +41,10 @@ from typing import Any
 
 import numpy as np
 
+from core.hardware import cpu_description, cpu_threads
+from core.lite import cache_dir
+from core.modelfiles import file_sha256, int8_ranges_path, part_path, read_metadata, sidecar_path
+
 #: float32 NHWC (preprocessed by :func:`core.vggface.preprocess_input`, or trunk features) -> outputs.
 Network = Callable[[np.ndarray], np.ndarray]
 
@@ -59,29 +63,6 @@ def runtime_choice() -> str:
     if choice not in RUNTIMES:
         raise ValueError(f"AGEGENDER_RUNTIME={choice!r}: expected one of {', '.join(RUNTIMES)}")
     return choice
-
-
-def sidecar_path(model_path: Path) -> Path:
-    return model_path.with_suffix(".export.json")
-
-
-def part_path(model_path: Path, part: str) -> Path:
-    """The OpenVINO IR of one part (``trunk``/``head``/``head.int8``); its weights are the ``.bin`` beside it."""
-    return model_path.with_suffix(f".{part}.xml")
-
-
-def int8_ranges_path(model_path: Path) -> Path:
-    """``<task>_model.int8.json``: the activation ranges measured on training faces (:mod:`train.quantize`),
-    committed next to the ``.h5``; ``python -m train.export`` builds the int8 head from them."""
-    return model_path.with_suffix(".int8.json")
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def weights_digest(arrays: Iterable[np.ndarray]) -> str:
@@ -176,9 +157,6 @@ def openvino_network(xml: Path, precision: str = "float32") -> Network:
     OpenVINO keeps the compiled network in the cache folder (:func:`core.lite.cache_dir`), which makes the
     next process's compilation several times faster.
     """
-    from core.hardware import cpu_threads
-    from core.lite import cache_dir
-
     ov = import_openvino()
 
     hint = "bf16" if precision == "bfloat16" else "f32"
@@ -209,8 +187,6 @@ BF16_QUESTION = ("float32", "bfloat16")
 def precision_key(candidates: tuple[str, ...] = BF16_QUESTION) -> str:
     """What a precision measurement holds for: the CPU (model, cores, widest unit), OpenVINO's version and,
     other than float32 against bfloat16, the precisions compared."""
-    from core.hardware import cpu_description, cpu_threads
-
     key = f"{cpu_description()}; {cpu_threads()} threads; openvino {runtime_version()}"
     if os.environ.get("ONEDNN_MAX_CPU_ISA"):  # kernels capped (bench --emulate-avx2): another CPU, in effect
         key += f"; oneDNN capped at {os.environ['ONEDNN_MAX_CPU_ISA']}"
@@ -234,8 +210,6 @@ def time_export(model_path: Path, candidates: tuple[str, ...] = BF16_QUESTION, *
     each of ``candidates``: all compiled and warmed up first, then timed alternately ``rounds`` times, the
     best run of each (another thread's work, such as the detector building at start-up, then slows all
     alike). A candidate after the first that OpenVINO cannot compile here gets infinity (with a warning)."""
-    from core.models import read_metadata
-
     size = int(read_metadata(model_path)["input_size"])
     x = np.random.default_rng(0).normal(0.0, 60.0, (rows, size, size, 3)).astype(np.float32)
     runs = {}
@@ -298,8 +272,6 @@ _measured: dict[tuple[str, str], str] = {}
 
 
 def _precision_record_place(candidates: tuple[str, ...]) -> tuple[Path, str]:
-    from core.lite import cache_dir
-
     return cache_dir() / PRECISION_FILE, precision_key(candidates)
 
 

@@ -41,17 +41,17 @@ def test_bf16_policy_follows_the_measurement_on_bf16_cpus(monkeypatch, gpu, bf16
     import tensorflow as tf
 
     import core.hardware
-    import core.runtime
-    from core.hardware import bf16_policy_available
+    import core.models
+    from core.models import bf16_policy_available
 
     monkeypatch.setattr(tf.config, "list_physical_devices", lambda kind=None: ["GPU:0"] if gpu else [])
     monkeypatch.setattr(core.hardware, "cpu_supports_bf16", lambda: bf16_cpu)
-    monkeypatch.setattr(core.runtime, "usable_export", lambda path: ({"runtime": "openvino"}, "") if export
+    monkeypatch.setattr(core.models, "usable_export", lambda path: ({"runtime": "openvino"}, "") if export
                         else (None, "no export"))
 
     def measure(path):
         assert measured is not None, "measured although it should not have"
         return measured
 
-    monkeypatch.setattr(core.runtime, "measured_precision", measure)
+    monkeypatch.setattr(core.models, "measured_precision", measure)
     assert bf16_policy_available() is expected

@@ -98,7 +98,7 @@ def package_rows(rgb: np.ndarray, **params) -> np.ndarray:
     """The package's three stages on one image (networks in Keras): its raw rows."""
     import tensorflow as tf
 
-    from core.detect import new_mtcnn
+    from core.mtcnn_lite import new_mtcnn
 
     image = tf.convert_to_tensor(((rgb.astype(np.float32) - 127.5) / 128.0)[None])
     rows = None

@@ -350,7 +350,7 @@ def benchmark_training(datasets: dict, n_images: int, *, rounds: int = 3) -> dic
 
     import keras
 
-    from core.hardware import bf16_policy_available
+    from core.models import bf16_policy_available
     from train.model import build_model, compile_args
 
     keras.mixed_precision.set_global_policy("mixed_bfloat16" if bf16_policy_available() else "float32")

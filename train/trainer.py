@@ -135,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="use only N training and N//4 validation samples of each dataset (smoke runs)")
     p.add_argument("--precision", choices=("auto", "bfloat16", "float32"), default="auto",
                    help="auto: mixed_bfloat16 on a GPU and on a CPU with bf16 math where bf16 measured faster "
-                        "than float32 (core.hardware.bf16_policy_available), float32 elsewhere")
+                        "than float32 (core.models.bf16_policy_available), float32 elsewhere")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--until-epoch", type=int,
                    help="stop once this many epochs of the schedule are done in all (with --resume: idempotent)")
@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _set_precision(choice: str) -> str:
-    from core.hardware import bf16_policy_available
+    from core.models import bf16_policy_available
 
     policy = "float32"
     if choice == "bfloat16" or (choice == "auto" and bf16_policy_available()):
