@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 import train.data as data
+import train.landmark_store as lms
 import train.landmarks as lm
 from conftest import make_utk_folder
 from train.data import (
@@ -143,7 +144,7 @@ def no_detection(monkeypatch):
     """MTCNN must not run: every call fails the test."""
     def fail(path):
         raise AssertionError(f"landmarks recomputed for {path}")
-    monkeypatch.setattr(lm, "detect_landmarks", fail)
+    monkeypatch.setattr(lms, "detect_landmarks", fail)
 
 
 def fake_marks(i: int) -> np.ndarray:
@@ -161,8 +162,8 @@ def test_landmarks_file_round_trips_and_replaces_detection(tmp_path, monkeypatch
     table = {s.name: ((folder / s.name).stat().st_size, fake_marks(i)) for i, s in enumerate(samples)}
     table[samples[4].name] = (table[samples[4].name][0], np.full((5, 2), np.nan, np.float32))  # no face
     store = tmp_path / "split" / "landmarks.npz"
-    header = lm.write_landmarks(store, table, dataset="aaf")
-    back, header_back = lm.read_landmarks(store)
+    header = lms.write_landmarks(store, table, dataset="aaf")
+    back, header_back = lms.read_landmarks(store)
     assert header_back == header and header["detector"] == DETECTOR_VERSION and header["n_face"] == 4
     assert set(back) == set(table) and all(np.array_equal(back[n][1], table[n][1], equal_nan=True) for n in table)
     with np.load(store) as f:
@@ -192,11 +193,11 @@ def test_only_missing_stale_or_changed_landmarks_are_computed(tmp_path, monkeypa
         computed.append(Path(path).name)
         return np.full((5, 2), 7.0, np.float32)
 
-    monkeypatch.setattr(lm, "detect_landmarks", detect)
+    monkeypatch.setattr(lms, "detect_landmarks", detect)
     monkeypatch.setattr(data, "CACHE_DIR", tmp_path / "cache")
     store = tmp_path / "landmarks.npz"
     sizes = {s.name: (folder / s.name).stat().st_size for s in samples}
-    lm.write_landmarks(store, {samples[0].name: (sizes[samples[0].name], fake_marks(0)),
+    lms.write_landmarks(store, {samples[0].name: (sizes[samples[0].name], fake_marks(0)),
                                samples[1].name: (sizes[samples[1].name] + 1, fake_marks(1))}, dataset="aaf")
     marks = data.chip_landmarks(folder, samples, store=store)
     assert sorted(computed) == [s.name for s in samples[1:]]  # samples[1]: another file of the same name
@@ -221,16 +222,16 @@ def test_landmarks_cli_computes_what_is_missing(tmp_path, monkeypatch, capsys):
         calls.append(path)
         return np.full((5, 2), np.nan if len(calls) % 3 == 0 else 5.0, np.float32)
 
-    monkeypatch.setattr(lm, "detect_landmarks", detect)
+    monkeypatch.setattr(lms, "detect_landmarks", detect)
     split_dir = tmp_path / "split"
     assert lm.main(["--data-dir", str(folder), "--split-dir", str(split_dir)]) == 0
-    table, header = lm.read_landmarks(split_dir / "landmarks.npz")
+    table, header = lms.read_landmarks(split_dir / "landmarks.npz")
     assert len(table) == 10 and header["n"] == 10 and header["n_face"] == 7 and header["dataset"] == "aaf"
     assert "7 of 10 images have a face" in capsys.readouterr().out
     assert lm.main(["--data-dir", str(folder), "--split-dir", str(split_dir)]) == 0
     assert len(calls) == 10 and "computing 0" in capsys.readouterr().out
     assert lm.main(["--data-dir", str(folder), "--split-dir", str(split_dir), "--force", "--limit", "4"]) == 0
-    assert len(calls) == 14 and len(lm.read_landmarks(split_dir / "landmarks.npz")[0]) == 10
+    assert len(calls) == 14 and len(lms.read_landmarks(split_dir / "landmarks.npz")[0]) == 10
     assert header["settings"]["face"] == "largest" and header["detector"] and header["created"]
     assert lm.main(["--data-dir", str(tmp_path / "nope")]) == 2
 
@@ -249,9 +250,9 @@ def test_landmarks_check_compares_the_store_with_detection_now(tmp_path, monkeyp
            names[4]: nan, names[5]: fake_marks(5) + 1e-4}
     split_dir = tmp_path / "split"
     store = split_dir / "landmarks.npz"
-    lm.write_landmarks(store, {n: ((folder / n).stat().st_size, m) for n, m in stored.items()}, dataset="aaf")
+    lms.write_landmarks(store, {n: ((folder / n).stat().st_size, m) for n, m in stored.items()}, dataset="aaf")
     written = store.read_bytes()
-    monkeypatch.setattr(lm, "detect_landmarks", lambda path: now[Path(path).name])
+    monkeypatch.setattr(lms, "detect_landmarks", lambda path: now[Path(path).name])
     r = lm.check(folder, split_dir, sample=100)
     assert (r["checked"], r["identical"], r["faces_lost"], r["faces_gained"]) == (6, 3, 1, 1)
     assert r["max_diff_px"] == 0.75

@@ -1,4 +1,4 @@
-"""The live training monitor's two ends: train.trainer.ProgressFile writes progress.json, ui.monitor reads it."""
+"""The live training monitor's two ends: train.callbacks.ProgressFile writes progress.json, ui.monitor reads it."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from ui.monitor import duration, find_runs, read_progress
 def drive(tmp_path, *, epochs: int = 2, steps: int = 10, stop_early: bool = False) -> list[dict]:
     """Run a ProgressFile through the callbacks Keras calls for ``epochs`` epochs of ``steps`` batches and a
     validation pass each; return every progress.json written (a snapshot after each call)."""
-    from train.trainer import ProgressFile
+    from train.callbacks import ProgressFile
 
     cb = ProgressFile(tmp_path, size=64, phase="1/1", epochs=epochs, batch_size=8, started=time.perf_counter(),
                       every_batches=4, every_seconds=3600)
@@ -66,7 +66,7 @@ def test_progress_file_marks_early_stopping_finished(tmp_path):
 
 
 def test_a_phase_that_is_not_the_last_stays_running(tmp_path):
-    from train.trainer import ProgressFile
+    from train.callbacks import ProgressFile
 
     cb = ProgressFile(tmp_path, size=64, phase="1/2", epochs=4, batch_size=8, started=time.perf_counter())
     cb.set_params({"steps": 3})

@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 
 from conftest import make_utk_folder
+from train.calibrate import calibrate_age_intervals
 from train.data import age_bucket, duplicate_groups, load_or_make_split, make_split, parse_name, scan
 from train.evaluate import compute_metrics
-from train.trainer import calibrate_age_intervals, parse_schedule
 from train.trainer import main as train_main
+from train.trainer import parse_schedule
 
 
 def test_parse_names():
@@ -204,12 +205,13 @@ def test_training_continues_from_a_shipped_model_h5(tmp_path, utk_dir, tiny_mode
 
     import keras
 
-    from train.trainer import _is_keras_model_h5, publish_history
+    from train.model import is_keras_model_h5
+    from train.publish import publish_history
 
     shipped = tmp_path / "models"
     shutil.copytree(tiny_models, shipped)
-    assert _is_keras_model_h5(shipped / "age_model.h5")
-    assert not _is_keras_model_h5(shipped / "age_model.json")
+    assert is_keras_model_h5(shipped / "age_model.h5")
+    assert not is_keras_model_h5(shipped / "age_model.json")
     src = keras.models.load_model(shipped / "age_model.h5", compile=False)
     run = tmp_path / "run"
     assert train_main(["age", "--data-dir", str(utk_dir), "--schedule", "32:1", "--batch-size", "8",

@@ -32,7 +32,14 @@ from pathlib import Path
 import numpy as np
 
 from core.modelcard import apply_age_curve, hinge_basis
-from train.model import AGE_MEAN, AGE_STD
+from core.models import DEFAULT_MODELS_DIR, MODEL_FILES, predict_crops, read_metadata
+from train.data import labels, load_chips_of, validation_sources
+from train.metrics import validation_by_dataset
+from train.model import AGE_MEAN, AGE_STD, build_model, compile_args, copy_weights_by_name
+
+#: Bands of predicted age for the calibrated age range, and its coverage (central 80 %).
+AGE_BANDS = ((0, 10), (10, 20), (20, 30), (30, 45), (45, 60), (60, 200))
+INTERVAL_QUANTILES = (0.10, 0.90)
 
 
 def fit_l1(design: np.ndarray, true: np.ndarray, *, iterations: int = 100) -> np.ndarray:
@@ -106,9 +113,6 @@ def fold_age_curve(model, coef: np.ndarray, knots: np.ndarray):
     the same network (weights copied by layer name) followed by :data:`core.models.AGE_CURVE_LAYERS`, whose
     weights are the curve, so the ``.h5`` and its inference export output the curved ages themselves. Returns a
     new model unless ``model`` already has a curve with as many knots (then set in place and returned)."""
-    from train.model import build_model
-    from train.trainer import copy_weights_by_name
-
     knots = np.asarray(knots, np.float64)
     current = age_curve_knots(model)
     if current is None or len(current) != len(knots):
@@ -153,8 +157,6 @@ def calibrate_age_model(model, x_val: np.ndarray, y_val: np.ndarray, *, previous
     ``previous``: the calibration already folded into the model, composed with the new line in the record.
     ``fitted_on``: what ``x_val`` is, for the record (e.g. the union of several datasets' validation splits).
     """
-    from core.models import predict_crops
-
     knots = age_curve_knots(model)
     if knots is not None:
         model = fold_age_curve(model, np.r_[0.0, 1.0, np.zeros(len(knots))], knots)
@@ -190,11 +192,26 @@ def fitted_on(datasets: list[str]) -> str:
     return "validation split" if len(names) < 2 else f"union of the validation splits of {' + '.join(names)}"
 
 
+def calibrate_age_intervals(pred: np.ndarray, true: np.ndarray) -> dict:
+    """Residual quantiles (true - predicted) per band of predicted age: the table behind ``age_range``."""
+    bands = []
+    residual = true - pred
+    for lo, hi in AGE_BANDS:
+        mask = (pred >= lo) & (pred < hi)
+        r = residual[mask] if mask.sum() >= 20 else residual
+        q_lo, q_hi = np.quantile(r, INTERVAL_QUANTILES)
+        bands.append({"low": lo, "high": hi, "q_low": round(float(q_lo), 2), "q_high": round(float(q_hi), 2),
+                      "n": int(mask.sum())})
+    lows = np.array([next(b for b in bands if b["low"] <= p < b["high"] or b is bands[-1])["q_low"] for p in pred])
+    highs = np.array([next(b for b in bands if b["low"] <= p < b["high"] or b is bands[-1])["q_high"] for p in pred])
+    inside = float(np.mean((true >= pred + lows) & (true <= pred + highs)))
+    return {"coverage_target": INTERVAL_QUANTILES[1] - INTERVAL_QUANTILES[0], "coverage_validation": round(inside, 4),
+            "bands": bands}
+
+
 def age_metadata(record: dict, calibrated: np.ndarray, y_val: np.ndarray) -> dict:
     """The age model's metadata fields that come from calibration: ``validation``, ``calibration`` and the
     ``age_intervals`` table fitted on the calibrated validation predictions."""
-    from train.trainer import calibrate_age_intervals
-
     return {"validation": {"mae": round(float(np.mean(np.abs(calibrated - y_val))), 3), "n": len(y_val),
                            "crop": "app"},
             "calibration": record,
@@ -203,11 +220,6 @@ def age_metadata(record: dict, calibrated: np.ndarray, y_val: np.ndarray) -> dic
 
 def main(argv: list[str] | None = None) -> int:
     import keras
-
-    from core.models import DEFAULT_MODELS_DIR, MODEL_FILES, read_metadata
-    from train.data import labels, load_chips_of, validation_sources
-    from train.model import compile_args
-    from train.trainer import validation_by_dataset
 
     parser = argparse.ArgumentParser(prog="python -m train.calibrate", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -36,6 +36,7 @@ import numpy as np
 from keras import ops
 
 from train import campaign_state as cs
+from train.callbacks import ProgressFile
 from train.data import (
     age_bins,
     dataset_weights,
@@ -44,9 +45,11 @@ from train.data import (
     labels,
     load_chips,
     load_or_make_split,
+    parse_dataset_weights,
     sources,
     with_masks,
 )
+from train.model import set_precision
 
 ROOT = Path(__file__).resolve().parent.parent
 #: Created in the run folder (``touch runs/campaign/STOP``), it ends the stretch after the chunk in progress.
@@ -65,8 +68,6 @@ def parse_stages(text: str) -> list[list[int]]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from train.trainer import parse_dataset_weights
-
     p = argparse.ArgumentParser(prog="python -m train campaign", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data-dir", type=Path, action="append",
@@ -268,7 +269,6 @@ def build_network(plan: cs.Plan, weights: dict | None, images_seen: int, *, seed
 
 def run(args) -> cs.State:
     from core.hardware import cpu_description
-    from train.trainer import ProgressFile, _set_precision
 
     folder = Path(args.folder)
     plan, srcs, splits = open_campaign(args)
@@ -277,7 +277,7 @@ def run(args) -> cs.State:
         print(f"the campaign is complete ({state.images_seen:,} images)")
         return state
     data = CampaignData(plan, srcs, splits, cache=not args.no_cache)
-    policy = _set_precision(args.precision)
+    policy = set_precision(args.precision)
     model = build_network(plan, weights, state.images_seen, seed=plan.seed + state.chunks_done)
 
     state.stretches += 1

@@ -32,14 +32,14 @@ def _train(model, data, chunk: int, cursors: dict) -> tuple[float, dict]:
 def measure(args) -> dict:
     from core.hardware import cpu_description
     from train.campaign import CampaignData, build_network, evaluate, open_campaign
-    from train.trainer import _set_precision
+    from train.model import set_precision
 
     plan, srcs, splits = open_campaign(args)
     state, weights = cs.load_checkpoint(Path(args.folder))
     if weights is None:
         raise ValueError(f"no campaign state in {args.folder} to measure from")
     data = CampaignData(plan, srcs, splits, cache=not args.no_cache)
-    policy = _set_precision(args.precision)
+    policy = set_precision(args.precision)
     data.load(plan.size_at(state.images_seen))
     seen, chunk, cursors = state.images_seen, state.chunks_done, dict(state.cursors)
     model = build_network(plan, weights, seen, seed=plan.seed + chunk)

@@ -31,6 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
+from train.data import bin_shares
+
 CAMPAIGN_DIR = Path(__file__).resolve().parent.parent / "models" / "campaign"
 SCHEMA = "campaign/1"
 #: Tensors with at least this many values are stored as bfloat16; smaller ones (biases, batch-norm
@@ -206,8 +208,6 @@ def append_row(path: Path, row: dict, *, replace_key: str | None = None) -> None
 def pool_shares(datasets: dict[str, float], bins: dict[str, np.ndarray], balance: float) -> dict[str, float]:
     """{pool: share}: a dataset's share split over its 5-year age bins by ``n ** (1 - balance)``
     (:func:`train.data.bin_shares`); a dataset without ages (bins all -1) is one pool."""
-    from train.data import bin_shares
-
     shares = {}
     for name, share in datasets.items():
         known = bins[name][bins[name] >= 0]

@@ -15,6 +15,7 @@ split. The split is seeded, stratified by age bucket x gender, and saved as thre
 
 from __future__ import annotations
 
+import argparse
 import csv
 import hashlib
 import math
@@ -30,6 +31,7 @@ import numpy as np
 from core.crop import crop_face
 from core.image import load_image
 from core.vggface import preprocess_input
+from train import landmark_store
 
 UTKFACE, AAF = "utkface", "aaf"
 NAME_RE = re.compile(r"^(\d{1,3})_([01])_([0-4])_(\d+)\.jpg\.chip\.jpg$")
@@ -326,9 +328,7 @@ class Source:
 
     @property
     def landmarks_file(self) -> Path:
-        from train.landmarks import STORE_NAME
-
-        return self.split_dir / STORE_NAME
+        return self.split_dir / landmark_store.STORE_NAME
 
 
 def sources(data_dirs: list[Path], split_dirs: list[Path] | None = None) -> dict[str, Source]:
@@ -369,26 +369,24 @@ def chip_landmarks(data_dir: Path, samples: list[Sample], *, cache: bool = True,
     machine's ``.cache/``; only names found in neither are computed (and added to ``.cache/``). Entries are
     keyed by file name and file size, and used only when made by the current detector version.
     """
-    from train import landmarks as lm
-
     data_dir = Path(data_dir)
     names = [s.name for s in samples]
-    store = Path(store) if store is not None else default_split_dir(data_dir) / lm.STORE_NAME
+    store = Path(store) if store is not None else default_split_dir(data_dir) / landmark_store.STORE_NAME
     out = np.full((len(names), 5, 2), np.nan, np.float32)
     found = np.zeros(len(names), bool)
-    lm.lookup(lm.read_current(store), data_dir, names, out, found)
+    landmark_store.lookup(landmark_store.read_current(store), data_dir, names, out, found)
     local = CACHE_DIR / f"landmarks_{dataset_name(data_dir)}_{_folder_key(data_dir)}.npz"
-    local_table = lm.read_current(local, warn=False) if cache else {}
-    lm.lookup(local_table, data_dir, names, out, found)
+    local_table = landmark_store.read_current(local, warn=False) if cache else {}
+    landmark_store.lookup(local_table, data_dir, names, out, found)
     todo = [n for n, f in zip(names, found) if not f]
     if todo:
         if progress:
             print(f"landmarks: {len(names) - len(todo)} of {len(names)} stored, computing {len(todo)} "
                   f"(python -m train.landmarks stores them in the repository)", flush=True)
-        computed = lm.compute(data_dir, todo, progress=1000 if progress else 0)
-        lm.lookup(computed, data_dir, names, out, found)
+        computed = landmark_store.compute(data_dir, todo, progress=1000 if progress else 0)
+        landmark_store.lookup(computed, data_dir, names, out, found)
         if cache:
-            lm.write_landmarks(local, {**local_table, **computed}, dataset=dataset_name(data_dir))
+            landmark_store.write_landmarks(local, {**local_table, **computed}, dataset=dataset_name(data_dir))
     return out
 
 
@@ -500,6 +498,21 @@ def make_dataset(images: np.ndarray, targets, *, batch_size: int, training: bool
     ds = ds.batch(batch_size).map(lambda x, *rest: (preprocess_input(x), *rest),
                                   num_parallel_calls=tf.data.AUTOTUNE)
     return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def parse_dataset_weights(text: str) -> dict[str, float]:
+    """``"utkface=1,aaf=2"`` -> {"utkface": 1.0, "aaf": 2.0}."""
+    out = {}
+    for part in text.split(","):
+        name, _, value = part.partition("=")
+        try:
+            weight = float(value)
+        except ValueError:
+            weight = None
+        if not name.strip() or weight is None:
+            raise argparse.ArgumentTypeError(f"bad dataset weights {text!r}: expected NAME=WEIGHT[,NAME=WEIGHT...]")
+        out[name.strip()] = weight
+    return out
 
 
 def dataset_weights(sizes: Mapping[str, int], weights: Mapping[str, float] | None = None) -> dict[str, float]:

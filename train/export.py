@@ -28,6 +28,14 @@ from pathlib import Path
 
 import numpy as np
 
+from core.lite import convert
+from core.modelfiles import MODEL_FILES, file_sha256, models_dir, part_path, read_metadata, sidecar_path
+from core.models import Networks, inference_copy, load_keras_model, predict_crops, split_model, trunk_digest
+from core.runtime import EXPORT_RUNTIME, export_parts, import_openvino, openvino_network, runtime_version
+from train.data import labels as sample_labels
+from train.data import load_chips, load_or_make_split
+from train.int8 import build_int8
+
 #: Faces scored per batch in the parity check.
 PARITY_BATCH = 64
 
@@ -41,9 +49,6 @@ def _convert(model, input_shape: tuple[int, ...], path: Path) -> None:
     import tempfile
 
     import tensorflow as tf
-
-    from core.lite import convert
-    from core.runtime import import_openvino
 
     ov = import_openvino()
 
@@ -64,9 +69,6 @@ def export_outputs(model_path: Path, task: str, faces: np.ndarray, precisions: t
                    batch: int = PARITY_BATCH) -> dict[str, np.ndarray]:
     """Outputs of the export of ``model_path`` (``task``) on uint8 ``faces`` with the test-time flip, as the
     app runs it, per precision (``float32``/``int8``, :func:`core.runtime.export_parts`)."""
-    from core.models import Networks
-    from core.runtime import export_parts, openvino_network
-
     out = {}
     for precision in precisions:
         parts = {part: openvino_network(xml) for part, xml in export_parts(model_path, precision).items()}
@@ -79,8 +81,6 @@ def export_outputs(model_path: Path, task: str, faces: np.ndarray, precisions: t
 
 def parity(model_path: Path, task: str, faces: np.ndarray, labels: np.ndarray | None, data: str) -> dict:
     """The ``.h5`` (Keras, float32) and its export on the same uint8 faces, both with the test-time flip."""
-    from core.models import load_keras_model, predict_crops
-
     keras_out = predict_crops(load_keras_model(model_path), faces, flip=True, batch_size=PARITY_BATCH)
     export_out = export_outputs(model_path, task, faces, ("float32",))["float32"]
     record: dict = {"data": data, "n": int(len(faces)), "flip": True,
@@ -100,9 +100,6 @@ def export_model(model_path: Path, *, faces: np.ndarray | None = None, labels: n
     """
     import keras
     import tensorflow as tf
-
-    from core.models import inference_copy, load_keras_model, read_metadata, split_model, trunk_digest
-    from core.runtime import EXPORT_RUNTIME, file_sha256, part_path, runtime_version, sidecar_path
 
     keras.mixed_precision.set_global_policy("float32")
     meta = read_metadata(model_path)
@@ -130,8 +127,6 @@ def export_model(model_path: Path, *, faces: np.ndarray | None = None, labels: n
         faces = np.random.default_rng(0).integers(0, 256, (32, size, size, 3), dtype=np.uint8)
         labels, data = None, "32 random images"
     record["parity"] = parity(model_path, task, faces, labels, data)
-    from train.quantize import build_int8
-
     int8 = build_int8(model_path)  # from the committed ranges file, where it matches this .h5
     if int8 is not None:
         record["int8"] = int8
@@ -149,13 +144,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-    from core.models import MODEL_FILES, models_dir, read_metadata
-
     directory = models_dir(args.models_dir)
     samples = None
     if args.data_dir:
-        from train.data import load_or_make_split
-
         samples = load_or_make_split(args.data_dir)["test"][: args.limit or None]
     for task in args.tasks:
         path = directory / MODEL_FILES[task]
@@ -165,9 +156,6 @@ def main(argv: list[str] | None = None) -> int:
         faces = labels = None
         data = ""
         if samples:
-            from train.data import labels as sample_labels
-            from train.data import load_chips
-
             faces = load_chips(args.data_dir, samples, int(read_metadata(path)["input_size"]))
             labels, data = sample_labels(samples, task), f"test split, chips as given (n={len(samples)})"
         record = export_model(path, faces=faces, labels=labels, data=data)

@@ -26,136 +26,24 @@ code must bump :data:`core.detect.DETECTOR_VERSION`.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
+import random
 import sys
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
 
-STORE_NAME = "landmarks.npz"
-FORMAT = 1
-
-#: name -> (file size in bytes, (5, 2) float32 landmarks, NaN where no face was found)
-Table = dict[str, tuple[int, np.ndarray]]
-
-
-def detector_header() -> dict:
-    """What the landmarks depend on: the detector version and its settings."""
-    from core.detect import DEFAULT_MIN_FACE_SIZE, DEFAULT_THRESHOLD, DETECT_MAX_SIDE, DETECTOR_VERSION
-
-    try:
-        from importlib.metadata import version
-
-        mtcnn = version("mtcnn")
-    except Exception:  # noqa: BLE001 - informative only
-        mtcnn = None
-    return {"detector": DETECTOR_VERSION, "mtcnn": mtcnn,
-            "settings": {"min_face_size": DEFAULT_MIN_FACE_SIZE, "threshold": DEFAULT_THRESHOLD,
-                         "max_side": DETECT_MAX_SIDE, "face": "largest"}}
-
-
-def read_landmarks(path: Path) -> tuple[Table, dict] | None:
-    """The stored table and header, or ``None`` when there is no file."""
-    path = Path(path)
-    if not path.is_file():
-        return None
-    with np.load(path, allow_pickle=False) as f:
-        names, sizes, marks = f["names"], f["sizes"], f["landmarks"]
-        header = json.loads(str(f["header"]))
-    table = {str(n): (int(s), m.astype(np.float32)) for n, s, m in zip(names, sizes, marks)}
-    return table, header
-
-
-def is_current(header: dict) -> bool:
-    """True when the header names the detector version in use now."""
-    from core.detect import DETECTOR_VERSION
-
-    return header.get("format") == FORMAT and header.get("detector") == DETECTOR_VERSION
-
-
-def read_current(path: Path, *, warn: bool = True) -> Table:
-    """The stored table when it was made by the current detector version; empty (with a warning when ``warn``)
-    when the file is stale, empty when there is no file."""
-    stored = read_landmarks(path)
-    if stored is None:
-        return {}
-    table, header = stored
-    if not is_current(header):
-        if warn:
-            from core.detect import DETECTOR_VERSION
-
-            warnings.warn(f"{path} was made by detector {header.get('detector')!r}, not the current "
-                          f"{DETECTOR_VERSION!r}: ignored, landmarks are recomputed. Refresh it with "
-                          "python -m train.landmarks --data-dir DIR", RuntimeWarning, stacklevel=3)
-        return {}
-    return table
-
-
-def write_landmarks(path: Path, table: Table, *, dataset: str) -> dict:
-    """Write ``table`` (atomically) with a header for the current detector; return the header."""
-    path = Path(path)
-    names = sorted(table)
-    marks = (np.stack([table[n][1] for n in names]).astype(np.float32) if names
-             else np.zeros((0, 5, 2), np.float32))
-    found = ~np.isnan(marks).any(axis=(1, 2))
-    header = {"format": FORMAT, **detector_header(), "dataset": dataset,
-              "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-              "n": len(names), "n_face": int(found.sum())}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npz")
-    np.savez_compressed(tmp, names=np.array(names, dtype=str), sizes=np.array([table[n][0] for n in names], np.int64),
-                        landmarks=marks, header=np.array(json.dumps(header)))
-    os.replace(tmp, path)
-    return header
-
-
-def detect_landmarks(path: Path) -> np.ndarray:
-    """Landmarks of the largest face the app's detector finds in one image file, (5, 2) float32; NaN if none."""
-    from core.detect import detect_faces
-    from core.image import load_image
-
-    faces = detect_faces(load_image(path))
-    return faces[0].landmark_array().astype(np.float32) if faces else np.full((5, 2), np.nan, np.float32)
-
-
-def compute(data_dir: Path, names: list[str], *, progress: int = 0, label: str = "landmarks",
-            checkpoint=None, checkpoint_every: int = 1000) -> Table:
-    """Detect each named image of ``data_dir`` in turn. ``progress``: print a line every N images (0: never).
-    ``checkpoint(table)`` is called every ``checkpoint_every`` images with what is done so far."""
-    table: Table = {}
-    started = time.perf_counter()
-    for i, name in enumerate(names, 1):
-        path = Path(data_dir) / name
-        table[name] = (path.stat().st_size, detect_landmarks(path))
-        if progress and (i % progress == 0 or i == len(names)):
-            rate = i / max(time.perf_counter() - started, 1e-9)
-            print(f"{label}: {i}/{len(names)} ({rate:.1f} img/s, {(len(names) - i) / rate / 60:.1f} min left)",
-                  flush=True)
-        if checkpoint is not None and i % checkpoint_every == 0 and i < len(names):
-            checkpoint(table)
-    return table
-
-
-def lookup(table: Table, data_dir: Path, names: list[str], out: np.ndarray, found: np.ndarray) -> None:
-    """Fill ``out[i]`` from ``table`` for each name not yet ``found`` whose stored file size matches."""
-    for i, name in enumerate(names):
-        if found[i] or name not in table:
-            continue
-        size, marks = table[name]
-        if size == (Path(data_dir) / name).stat().st_size:
-            out[i], found[i] = marks, True
+from train import landmark_store  # detect_landmarks through the module: tests replace it there
+from train.data import Source, load_or_make_split, sources
+from train.landmark_store import Table, compute, is_current, lookup, read_current, read_landmarks, write_landmarks
 
 
 def refresh(data_dir: Path, split_dir: Path | None = None, *, force: bool = False, limit: int | None = None,
             log=print) -> dict:
     """Compute the landmarks of every image of the dataset's split (train, val and test) that the store in
     ``split_dir`` lacks (all of them with ``force``) and save the store; return its header."""
-    from train.data import Source, load_or_make_split
-
     src = Source.of(data_dir, split_dir)
     split = load_or_make_split(src.data_dir, src.split_dir, log=log)
     names = sorted(s.name for part in split.values() for s in part)[:limit]
@@ -189,10 +77,6 @@ def check(data_dir: Path, split_dir: Path | None = None, *, sample: int = 300, s
     """Detect ``sample`` stored images of the dataset again (seeded) and compare with the store: how many
     are identical (both no face, or every landmark within 1e-3 px), the largest landmark difference in px
     over images with a face both times, and faces lost (stored, none now) or gained."""
-    import random
-
-    from train.data import Source
-
     src = Source.of(data_dir, split_dir)
     stored = read_landmarks(src.landmarks_file)
     if stored is None:
@@ -203,7 +87,7 @@ def check(data_dir: Path, split_dir: Path | None = None, *, sample: int = 300, s
     names = random.Random(seed).sample(names, min(sample, len(names)))
     identical, lost, gained, worst = 0, 0, 0, 0.0
     for name in names:
-        before, now = table[name][1], detect_landmarks(src.data_dir / name)
+        before, now = table[name][1], landmark_store.detect_landmarks(src.data_dir / name)
         had, has = not np.isnan(before).any(), not np.isnan(now).any()
         lost, gained = lost + (had and not has), gained + (has and not had)
         if had and has:
@@ -230,8 +114,6 @@ def main(argv: list[str] | None = None) -> int:
                         help="write nothing: detect N stored images again and compare with the store")
     args = parser.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from train.data import sources
-
     try:
         for src in sources(args.data_dir, args.split_dir).values():
             if args.check:

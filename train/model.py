@@ -1,11 +1,15 @@
-"""Age, gender and multitask models on the VGGFace VGG16 backbone from :mod:`core.vggface`."""
+"""Age, gender and multitask models on the VGGFace VGG16 backbone from :mod:`core.vggface`: the recipe (layers,
+losses, frozen blocks), how weights pass between models, and the precision training runs in."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import keras
 import numpy as np
 from keras import layers
 
+from core.models import bf16_policy_available
 from core.vggface import build_vggface_vgg16
 
 #: Age targets are standardised inside the model: the head predicts z, the model outputs years.
@@ -90,3 +94,44 @@ def freeze_blocks(model: keras.Model, n_blocks: int) -> list[str]:
                 layer.trainable = False
                 frozen.append(name)
     return frozen
+
+
+def copy_weights_by_name(src, dst) -> list[str]:
+    """Copy weights between layers of the same name and shapes (e.g. multitask -> age: the backbone and
+    the age head, so the single-task model starts exactly where the multitask model's age output was)."""
+    src_layers = {layer.name: layer for layer in src.layers}
+    copied = []
+    for layer in dst.layers:
+        other = src_layers.get(layer.name)
+        if other is None or not layer.weights:
+            continue
+        weights = other.get_weights()
+        if [w.shape for w in weights] == [tuple(w.shape) for w in layer.weights]:
+            layer.set_weights(weights)
+            copied.append(layer.name)
+    if not any(name.startswith("conv") for name in copied):
+        raise ValueError("no backbone layer matched by name")
+    return copied
+
+
+def is_keras_model_h5(path: Path) -> bool:
+    """True for a whole Keras model saved as ``.h5`` (e.g. a shipped ``models/age_model.h5``), as opposed to a
+    weights-only file such as the rcmalli VGGFace one."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            return "model_config" in f.attrs
+    except OSError:
+        return False
+
+
+def set_precision(choice: str) -> str:
+    """Set Keras's global dtype policy for training from ``--precision`` (``auto``/``bfloat16``/``float32``):
+    ``mixed_bfloat16`` where asked, or with ``auto`` where it is fast here (:func:`core.models.bf16_policy_available`);
+    return the policy's name."""
+    policy = "float32"
+    if choice == "bfloat16" or (choice == "auto" and bf16_policy_available()):
+        policy = "mixed_bfloat16"
+    keras.mixed_precision.set_global_policy(policy)
+    return policy

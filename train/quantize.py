@@ -37,42 +37,30 @@ from typing import Any
 
 import numpy as np
 
+from core.modelfiles import (
+    MODEL_FILES,
+    file_sha256,
+    int8_ranges_path,
+    models_dir,
+    part_path,
+    read_metadata,
+    sidecar_path,
+)
+from core.models import network_input
+from core.runtime import import_openvino, openvino_network, usable_export
+from train.data import labels as sample_labels
+from train.data import load_chips_of, load_or_make_split, sources
+from train.export import export_model, export_outputs
+from train.int8 import SITE_LAYERS, activation_sites, build_int8
+
 #: Faces the ranges are measured on by default (with their mirrored copies: twice as many inputs).
 CALIBRATION_FACES = 600
-#: The layers whose outputs the activation quantizers follow, in order (the head's input: pool2).
-SITE_LAYERS = ("pool2", *(f"relu{block}_{i}" for block in (3, 4, 5) for i in (1, 2, 3)))
-#: Activation quantizers' levels (uint8 over [0, max]) and weight levels (int8, symmetric, narrow range).
-ACTIVATION_LEVELS = 256
-WEIGHT_LEVELS = 255
-#: Consumers after which a ReLU's output is quantized: the head's feature maps, not the age curve's ReLU.
-QUANTIZED_CONSUMERS = ("Convolution", "MaxPool")
-
-
-def _openvino():
-    from core.runtime import import_openvino
-
-    return import_openvino()
-
-
-def activation_sites(model) -> list:
-    """The outputs of an exported head (``openvino.Model``) that get an activation quantizer, in graph order:
-    its input and each ReLU whose output feeds a convolution or a max pool (:data:`SITE_LAYERS`)."""
-    sites = [model.get_parameters()[0].output(0)]
-    for op in model.get_ordered_ops():
-        consumers = {target.get_node().get_type_name() for target in op.output(0).get_target_inputs()}
-        if op.get_type_name() == "Relu" and consumers & set(QUANTIZED_CONSUMERS):
-            sites.append(op.output(0))
-    convolutions = [op for op in model.get_ordered_ops() if op.get_type_name() == "Convolution"]
-    if len(sites) != len(SITE_LAYERS) or len(convolutions) != len(SITE_LAYERS) - 1:
-        raise ValueError(f"expected a VGG head with {len(SITE_LAYERS) - 1} convolutions and as many ReLUs, found "
-                         f"{len(convolutions)} convolutions and {len(sites) - 1} quantizable ReLUs")
-    return sites
 
 
 def activation_ranges(head_xml: Path, features: np.ndarray, *, batch: int = 64) -> list[float]:
     """The largest value at each activation site (:func:`activation_sites`) of the float32 head ``head_xml``
     over ``features`` (trunk outputs) -> one float per entry of :data:`SITE_LAYERS`."""
-    ov = _openvino()
+    ov = import_openvino()
     model = ov.Core().read_model(str(head_xml))
     sites = activation_sites(model)
     probe = ov.Model(sites, model.get_parameters(), "activation_ranges")
@@ -89,73 +77,6 @@ def activation_ranges(head_xml: Path, features: np.ndarray, *, batch: int = 64) 
     return [float(h) for h in high]
 
 
-def quantized_weights(weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-output-channel symmetric int8 (``weights``: (out, ...) float32) -> (int8 values, float32 scales
-    shaped to broadcast); ``values * scales`` is within half a step of ``weights``. A channel of zeros (or of
-    subnormal numbers) keeps scale 1."""
-    w = np.asarray(weights, np.float32)
-    half = (WEIGHT_LEVELS - 1) // 2
-    scale = (np.abs(w).reshape(len(w), -1).max(axis=1) / half).astype(np.float32)
-    scale = np.where(scale > np.finfo(np.float32).tiny, scale, 1.0).astype(np.float32)  # zeros (or subnormals)
-    scale = scale.reshape(-1, *([1] * (w.ndim - 1)))
-    return np.clip(np.rint(w / scale), -half, half).astype(np.int8), scale
-
-
-def quantize_head(head_xml: Path, maxima: list[float], out_xml: Path) -> None:
-    """Write the int8 head (see the module docstring) of the float32 head ``head_xml`` to ``out_xml``
-    (.xml + .bin), activation quantizers over ``[0, maxima[i]]``."""
-    import openvino.opset13 as ops
-
-    ov = _openvino()
-    model = ov.Core().read_model(str(head_xml))
-    sites = activation_sites(model)
-    if len(maxima) != len(sites):
-        raise ValueError(f"{len(maxima)} activation ranges for {len(sites)} sites")
-    for site, high in zip(sites, maxima):
-        targets = list(site.get_target_inputs())
-        low_c, high_c = ops.constant(np.float32(0.0)), ops.constant(np.float32(max(high, 1e-6)))
-        quantizer = ops.fake_quantize(site, low_c, high_c, low_c, high_c, ACTIVATION_LEVELS)
-        for target in targets:
-            target.replace_source_output(quantizer.output(0))
-    for op in model.get_ordered_ops():
-        if op.get_type_name() != "Convolution":
-            continue
-        source = op.input(1).get_source_output().get_node()
-        if source.get_type_name() != "Constant":
-            raise ValueError(f"{op.get_friendly_name()}: weights are a {source.get_type_name()}, not a constant")
-        values, scale = quantized_weights(source.get_data())
-        weights = ops.multiply(ops.convert(ops.constant(values), "f32"), ops.constant(scale))
-        op.input(1).replace_source_output(weights.output(0))
-    model.validate_nodes_and_infer_types()
-    ov.save_model(model, str(out_xml), compress_to_fp16=False)
-
-
-def build_int8(model_path: Path, log=print) -> dict[str, Any] | None:
-    """The int8 head of ``model_path`` from its ranges file, where that file is there and was measured on
-    this ``.h5``: written next to the float32 head, and its entry for the export sidecar returned. None (and
-    any older int8 head removed) otherwise."""
-    from core.runtime import INT8_PARTS, file_sha256, int8_ranges_path, part_path
-
-    ranges_file = int8_ranges_path(model_path)
-    out = part_path(model_path, INT8_PARTS["head"])
-    try:
-        record = json.loads(ranges_file.read_text()) if ranges_file.is_file() else None
-    except (OSError, ValueError) as exc:
-        log(f"warning: {ranges_file.name} is unreadable ({exc}); no int8 head")
-        record = None
-    if record is not None and record.get("source_sha256") != file_sha256(model_path):
-        log(f"warning: {ranges_file.name} was measured on another {model_path.name}; no int8 head until "
-            "`python -m train.quantize --data-dir ...` measures it again")
-        record = None
-    if record is None:
-        out.unlink(missing_ok=True)
-        out.with_suffix(".bin").unlink(missing_ok=True)
-        return None
-    quantize_head(part_path(model_path, "head"), [site["max"] for site in record["sites"]], out)
-    return {"head": out.name, "ranges": ranges_file.name, "ranges_sha256": file_sha256(ranges_file),
-            "parity": record.get("parity", {})}
-
-
 def attach_int8(model_path: Path, log=print) -> dict[str, Any] | None:
     """:func:`build_int8`, and its entry written into the export sidecar (replacing any older one)."""
     entry = build_int8(model_path, log)
@@ -165,8 +86,6 @@ def attach_int8(model_path: Path, log=print) -> dict[str, Any] | None:
 
 def _record_int8(model_path: Path, entry: dict[str, Any] | None) -> None:
     """Write ``entry`` (None: none) as the int8 entry of the export sidecar of ``model_path``."""
-    from core.runtime import sidecar_path
-
     sidecar = sidecar_path(model_path)
     record = json.loads(sidecar.read_text())
     record.pop("int8", None)
@@ -177,8 +96,6 @@ def _record_int8(model_path: Path, entry: dict[str, Any] | None) -> None:
 
 def parity(model_path: Path, task: str, faces: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
     """Float32 and int8 exports of one model on the same faces (flip on): their scores and differences."""
-    from train.export import export_outputs
-
     out = export_outputs(model_path, task, faces, ("float32", "int8"))
     diff = np.abs(out["int8"] - out["float32"])
     record: dict[str, Any] = {"n": int(len(faces)), "mean_abs_diff": round(float(diff.mean()), 5),
@@ -196,9 +113,6 @@ def parity(model_path: Path, task: str, faces: np.ndarray, labels: np.ndarray) -
 
 def calibration_features(model_path: Path, faces: np.ndarray, *, batch: int = 32) -> np.ndarray:
     """What the head sees for uint8 ``faces`` and their mirrored copies: the float32 trunk's outputs."""
-    from core.models import network_input
-    from core.runtime import openvino_network, part_path
-
     trunk = openvino_network(part_path(model_path, "trunk"))
     x = network_input(faces, True)
     return np.concatenate([trunk(x[i:i + batch]) for i in range(0, len(x), batch)])
@@ -207,8 +121,6 @@ def calibration_features(model_path: Path, faces: np.ndarray, *, batch: int = 32
 def measure_ranges(model_path: Path, faces: np.ndarray, calibration: str) -> dict[str, Any]:
     """Measure the activation ranges of the exported ``model_path`` on uint8 ``faces`` and write its ranges
     file (:func:`core.runtime.int8_ranges_path`) -> the record written."""
-    from core.runtime import file_sha256, int8_ranges_path, part_path
-
     maxima = activation_ranges(part_path(model_path, "head"), calibration_features(model_path, faces))
     record = {
         "source": model_path.name,
@@ -241,12 +153,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tasks", nargs="+", default=["age", "gender"], choices=("age", "gender"))
     args = parser.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-    from core.models import MODEL_FILES, models_dir, read_metadata
-    from core.runtime import file_sha256, int8_ranges_path, usable_export
-    from train.data import labels as sample_labels
-    from train.data import load_chips_of, load_or_make_split, sources
-    from train.export import export_model
 
     srcs = sources(args.data_dir, args.split_dir)
     cache = not args.no_cache

@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from core.models import DEFAULT_MODELS_DIR
     from train.data import validation_sources
-    from train.trainer import publish_history, save_model
+    from train.publish import publish_history, save_model
 
     parser = argparse.ArgumentParser(prog="python -m train.soup", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)

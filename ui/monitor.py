@@ -1,6 +1,6 @@
 """Live training monitor: follows ``runs/<name>/progress.json`` and ``history.csv`` while ``python -m train`` runs.
 
-``python -m train`` writes ``progress.json`` (:class:`train.trainer.ProgressFile`: epoch, batch, images/s,
+``python -m train`` writes ``progress.json`` (:class:`train.callbacks.ProgressFile`: epoch, batch, images/s,
 elapsed, estimated time left, phase and input size, and ``state`` ``finished`` at the end) every few seconds,
 and one row of ``history.csv`` per epoch. The monitor re-reads both every :data:`REFRESH_S` seconds in a
 Streamlit fragment, so only that part of the page reruns. The runs folder is ``runs/`` beside the models, or
