@@ -1,4 +1,5 @@
-"""Command line: ``python -m core PHOTO|FOLDER|ZIP... [--json | --output FILE.csv|FILE.jsonl]``.
+"""Command line: ``python -m core PHOTO|FOLDER|ZIP... [--json | --output FILE.csv|FILE.jsonl]``, and
+``python -m core batch INPUT... --output FILE_OR_DIR [--engine local|ray]`` for large runs.
 
 Without ``--output`` it prints a table of faces per photo (or JSON with ``--json``). With ``--output`` it
 writes one row per face (CSV or JSON Lines, by the file's extension or ``--format``) with a progress bar on
@@ -6,69 +7,54 @@ stderr; photos without a face get a ``no_face`` row and unreadable files an ``er
 on. Several images go through the models per call (``--batch-size``); ``--no-flip`` skips the test-time
 flipped copy for about twice the throughput at slightly lower accuracy (README, "Speed").
 
-Exit status: 0, or 1 if any input could not be read, or 2 if the models are missing.
+``batch`` (``python -m core batch --help``) takes folders, zip files, text files of paths and URIs that
+pyarrow opens (``s3://``...), writes the same rows as Parquet (a folder) or CSV / JSON Lines, and runs them
+here (``--engine local``) or on Ray (``--engine ray``: a local instance, or a cluster with ``--address``).
+
+Exit status: 0, or 1 if any input could not be read, or 2 if the models are missing or the command is wrong.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import sys
-import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from core.batch import (
+    CSV_FIELDS,
+    FORMATS,
+    IMAGE_SUFFIXES,
+    BatchError,
+    RowWriter,
+    Settings,
+    check_output,
+    face_rows,
+    list_sources,
+    output_format,
+    read_source,
+    run_local,
+    write_results,
+)
+from core.errors import AgeGenderError, ModelNotFound
+from core.modelfiles import require_models
 from core.pipeline import DEFAULT_MIN_FACE_SIZE, DEFAULT_THRESHOLD
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
-CSV_FIELDS = ["file", "status", "face", "x", "y", "w", "h", "confidence", "age", "age_low", "age_high",
-              "gender", "female_probability", "gender_reliable", "gender_note", "error"]
+__all__ = ["CSV_FIELDS", "face_rows", "format_table", "iter_sources", "main"]
 
 
 def iter_sources(inputs: list[str], max_member_bytes: int) -> Iterator[tuple[str, bytes | Path | Exception]]:
     """(name, bytes-or-path) for every file given, every image in a folder, every image in a zip.
 
-    A zip member too large to read safely is yielded as an ``InvalidImage`` instead of its bytes."""
-    from core.errors import InvalidImage
-
-    for raw in inputs:
-        p = Path(raw)
-        if p.is_dir():
-            for f in sorted(p.rglob("*")):
-                if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES:
-                    yield str(f), f
-        elif p.suffix.lower() == ".zip" and zipfile.is_zipfile(p):
-            with zipfile.ZipFile(p) as z:
-                for info in sorted(z.infolist(), key=lambda i: i.filename):
-                    if info.is_dir() or Path(info.filename).suffix.lower() not in IMAGE_SUFFIXES:
-                        continue
-                    name = f"{p}/{info.filename}"
-                    if info.file_size > max_member_bytes:  # never inflate an oversized member
-                        yield name, InvalidImage(f"{name} is {info.file_size / 2**20:.0f} MiB uncompressed; "
-                                                 f"the limit is {max_member_bytes // 2**20} MiB.")
-                    else:
-                        yield name, z.read(info)
-        else:
-            yield str(p), p
-
-
-def face_rows(name: str, result) -> list[dict]:
-    from core import AgeGenderError
-
-    if isinstance(result, AgeGenderError):
-        return [{"file": name, "status": "error", "error": str(result)}]
-    if not result:
-        return [{"file": name, "status": "no_face"}]
-    rows = []
-    for i, f in enumerate(result, 1):
-        d = f.as_dict()
-        rows.append({"file": name, "status": "ok", "face": i, **d["box"], "confidence": d["confidence"],
-                     "age": d["age"], "age_low": d["age_range"][0], "age_high": d["age_range"][1],
-                     "gender": d["gender"], "female_probability": d["female_probability"],
-                     "gender_reliable": d["gender_reliable"], "gender_note": d["gender_note"]})
-    return rows
+    A file that cannot be read (a zip member too large to read safely among them) is yielded as an
+    ``InvalidImage`` instead."""
+    for source in list_sources(inputs, lists=False):
+        try:
+            yield source.name, read_source(source, max_member_bytes)
+        except AgeGenderError as exc:
+            yield source.name, exc
 
 
 def format_table(name: str, faces) -> str:
@@ -87,14 +73,8 @@ def format_table(name: str, faces) -> str:
     return "\n".join(lines + notes)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m core", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("inputs", nargs="+", help="photos, folders of photos, or zip files of photos")
-    parser.add_argument("--json", action="store_true", help="print JSON: [{file, faces: [...]}, ...]")
-    parser.add_argument("--output", "-o", type=Path, help="write one row per face to this CSV / JSONL file")
-    parser.add_argument("--format", choices=("csv", "jsonl"), help="default: from --output's extension")
-    parser.add_argument("--batch-size", type=int, default=8, help="images per model call")
+def add_analysis_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of how each image is analysed, shared by both command forms."""
     parser.add_argument("--min-face-size", type=int, default=DEFAULT_MIN_FACE_SIZE,
                         help="smallest face side in pixels")
     parser.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD,
@@ -105,10 +85,77 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-flip", action="store_true",
                         help="skip the test-time horizontally flipped copy: about 2x faster models, slightly "
                              "less accurate")
+
+
+def settings_of(args: argparse.Namespace) -> Settings:
+    return Settings(detect=not args.no_detect, min_face_size=args.min_face_size, threshold=args.threshold,
+                    align=not args.no_align, models_dir=args.models_dir, tta=False if args.no_flip else None)
+
+
+def batch_main(argv: list[str]) -> int:
+    """``python -m core batch``: rows of many images to Parquet / CSV / JSON Lines, here or on Ray."""
+    parser = argparse.ArgumentParser(
+        prog="python -m core batch", description="One row per face of every image, to Parquet (a folder), CSV or "
+        "JSON Lines; unreadable files and photos without a face get an error / no_face row and the run goes on.")
+    parser.add_argument("inputs", nargs="+", metavar="INPUT",
+                        help="images, folders, zip files, .txt/.lst files of paths, or URIs (s3://, gs://, ...)")
+    parser.add_argument("--output", "-o", required=True,
+                        help="a new folder for Parquet files, or a .csv / .jsonl file (small runs)")
+    parser.add_argument("--format", choices=FORMATS, help="default: from --output (.csv, .jsonl, else parquet)")
+    parser.add_argument("--engine", choices=("local", "ray"), default="local",
+                        help="local: this process (default); ray: a Ray instance or cluster")
+    parser.add_argument("--address", help="join the Ray cluster at this address (auto, HOST:PORT, ray://HOST:10001); "
+                                          "default: start a local Ray instance")
+    parser.add_argument("--concurrency", type=int,
+                        help="model actors (ray; each loads both models): default one per 2 CPUs of the cluster")
+    parser.add_argument("--batch-size", type=int, default=8,
+                        help="images per model call (local) or faces per model call (ray)")
+    add_analysis_arguments(parser)
+    args = parser.parse_args(argv)
+    if args.engine == "local" and (args.address or args.concurrency):
+        parser.error("--address and --concurrency need --engine ray")
+    if args.batch_size < 1 or (args.concurrency is not None and args.concurrency < 1):
+        parser.error("--batch-size and --concurrency must be at least 1")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+    fmt = output_format(args.output, args.format)
+    settings = settings_of(args)
+    try:
+        require_models(args.models_dir)
+        check_output(args.output, fmt)
+        sources = list_sources(args.inputs)
+        if not sources:
+            raise BatchError(f"no image found in {', '.join(args.inputs)} "
+                             f"(images end in {', '.join(sorted(IMAGE_SUFFIXES))}).")
+        if args.engine == "ray":
+            from core import engine_ray  # imports Ray: only this engine needs it
+
+            summary = engine_ray.run(sources, settings, args.output, fmt, address=args.address,
+                                     concurrency=args.concurrency, batch_size=args.batch_size)
+        else:
+            summary = run_local(sources, settings, RowWriter(args.output, fmt), batch_size=args.batch_size)
+    except (ModelNotFound, BatchError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(summary.line(args.output), file=sys.stderr)
+    return 1 if summary.errors else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["batch"]:  # a folder named batch: ./batch
+        return batch_main(argv[1:])
+    parser = argparse.ArgumentParser(prog="python -m core", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("inputs", nargs="+", help="photos, folders of photos, or zip files of photos")
+    parser.add_argument("--json", action="store_true", help="print JSON: [{file, faces: [...]}, ...]")
+    parser.add_argument("--output", "-o", type=Path, help="write one row per face to this CSV / JSONL file")
+    parser.add_argument("--format", choices=("csv", "jsonl"), help="default: from --output's extension")
+    parser.add_argument("--batch-size", type=int, default=8, help="images per model call")
+    add_analysis_arguments(parser)
     args = parser.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-    from core import AgeGenderError, ModelNotFound
     from core.image import MAX_BYTES
     from core.pipeline import analyze_many, prepare
 
@@ -123,24 +170,10 @@ def main(argv: list[str] | None = None) -> int:
                            align=not args.no_align, models=models)
     failed = 0
     if args.output:
-        from tqdm import tqdm
-
         fmt = args.format or ("jsonl" if args.output.suffix.lower() in (".jsonl", ".ndjson") else "csv")
-        n_faces = 0
-        with args.output.open("w", newline="", encoding="utf-8") as out:
-            writer = csv.DictWriter(out, fieldnames=CSV_FIELDS) if fmt == "csv" else None
-            if writer:
-                writer.writeheader()
-            for name, result in tqdm(results, total=len(sources), unit="img", file=sys.stderr):
-                failed += isinstance(result, AgeGenderError)
-                for row in face_rows(name, result):
-                    n_faces += row["status"] == "ok"
-                    if writer:
-                        writer.writerow(row)
-                    else:
-                        out.write(json.dumps(row) + "\n")
-        print(f"{len(sources)} images, {n_faces} faces, {failed} unreadable -> {args.output}", file=sys.stderr)
-        return 1 if failed else 0
+        summary = write_results(results, len(sources), RowWriter(str(args.output), fmt))
+        print(summary.line(str(args.output)), file=sys.stderr)
+        return 1 if summary.errors else 0
 
     report = []
     for name, result in results:

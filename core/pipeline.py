@@ -110,15 +110,21 @@ def predict_faces(items: list[tuple[np.ndarray, list[Detection]]], models: AgeGe
     for _, faces in items:
         out = []
         for face in faces:
-            age = float(np.clip(pred.ages[k], 0.0, MAX_AGE))
-            p_female = float(pred.female_probabilities[k])
-            reliable, note = models.judge_gender(age, p_female)
-            out.append(FaceResult(box=face.box, confidence=face.confidence, age=age,
-                                  age_range=models.age_range(age), female_probability=p_female,
-                                  landmarks=dict(face.landmarks), gender_reliable=reliable, gender_note=note))
+            out.append(face_result(face, pred.ages[k], pred.female_probabilities[k], models))
             k += 1
         results.append(out)
     return results
+
+
+def face_result(face: Detection, age: float, female_probability: float, models: AgeGenderModels) -> FaceResult:
+    """One face's result from the models' outputs for it: the age clipped to 0..MAX_AGE, its calibrated range
+    and the gender rule's verdict (the Ray batch engine builds its rows with it too)."""
+    age = float(np.clip(age, 0.0, MAX_AGE))
+    p_female = float(female_probability)
+    reliable, note = models.judge_gender(age, p_female)
+    return FaceResult(box=face.box, confidence=face.confidence, age=age, age_range=models.age_range(age),
+                      female_probability=p_female, landmarks=dict(face.landmarks), gender_reliable=reliable,
+                      gender_note=note)
 
 
 def analyze_many(sources: Iterable[tuple[str, ImageInput | AgeGenderError]], *, batch_size: int = 8,
