@@ -109,13 +109,13 @@ def _uri_sources(uri: str, lists: bool) -> list[Source]:
     import pyarrow.fs as pafs
 
     fs, path = _uri_filesystem(uri)
-    scheme = uri.split("://", 1)[0]
     try:
         info = fs.get_file_info(path)
         if info.type == pafs.FileType.Directory:
             found = fs.get_file_info(pafs.FileSelector(path, recursive=True))
-            return [Source(f"{scheme}://{f.path}", f"{scheme}://{f.path}") for f in sorted(found, key=lambda f: f.path)
-                    if f.type == pafs.FileType.File and Path(f.path).suffix.lower() in IMAGE_SUFFIXES]
+            inside = [uri.rstrip("/") + f.path[len(path.rstrip("/")):] for f in sorted(found, key=lambda f: f.path)
+                      if f.type == pafs.FileType.File and Path(f.path).suffix.lower() in IMAGE_SUFFIXES]
+            return [Source(u, u) for u in inside]  # the folder's URI and each file's path below it
         suffix = Path(path).suffix.lower()
         if info.type == pafs.FileType.File and suffix == ".zip":
             with fs.open_input_file(path) as raw, zipfile.ZipFile(raw) as z:
