@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from train import campaign_state as cs
+from train.campaign import SaveWithinChunk
 from train.campaign import main as campaign_main
 
 
@@ -42,6 +43,19 @@ def test_bfloat16_weights_round_trip(tmp_path):
     assert np.max(np.abs(back["conv/0"] - big) / np.abs(big)) <= 2.0**-8  # bf16: 8 bits of mantissa
     exact = cs.from_bfloat16(cs.to_bfloat16(np.array([1.0, -2.5, 0.0, 2.0**100], np.float32)))
     assert exact.tolist() == [1.0, -2.5, 0.0, 2.0**100]  # values bf16 holds come back exactly
+
+
+def test_second_moments_round_trip_as_8_bit_logarithms(tmp_path):
+    rng = np.random.default_rng(1)
+    v = np.exp2(rng.uniform(-40, -4, (300, 7))).astype(np.float32)
+    v[0, :3] = 0.0
+    path = _write(tmp_path, cs.pack_weights({"conv/0": np.ones(3, np.float32)}, {"conv1_1/kernel": v}))
+    back = cs.unpack_velocities(path)["conv1_1/kernel"]
+    assert back.dtype == np.float32 and back.shape == v.shape and (back[0, :3] == 0).all()
+    octaves = np.log2(v[v > 0]).max() - np.log2(v[v > 0]).min()
+    ratio = back[v > 0] / v[v > 0]
+    assert np.abs(np.log2(ratio)).max() <= octaves / 254 / 2 + 1e-4  # half a code step, on a log2 scale
+    assert set(cs.unpack_weights(path)) == {"conv/0"}  # the moments are not weights
 
 
 def _write(tmp_path, data: bytes):
@@ -95,7 +109,11 @@ def test_learning_rate_warms_up_holds_decays_and_rewarms_after_a_restart():
     assert [round(float(restarted(s)) / plan.lr, 3) for s in (40, 42, 44, 45, 60)] == [0.2, 0.6, 1.0, 1.0, 1.0]
 
 
-def test_a_stretch_stopped_and_continued_sees_what_one_stretch_would(tmp_path, utk_dir, lfw_dir):
+class Killed(Exception):
+    """Stands for the machine going away in the middle of a stretch."""
+
+
+def test_a_stretch_stopped_and_continued_sees_what_one_stretch_would(tmp_path, utk_dir, lfw_dir, monkeypatch):
     """Two stretches (stopped at one chunk) reach the same position, cursors and log shape as one; faces of
     the gender-only dataset count in the gender numbers only; the task models start from the campaign."""
     common = ["--stages", "32:48", "--chunk-images", "16", "--batch-size", "8", "--precision", "float32",
@@ -113,6 +131,26 @@ def test_a_stretch_stopped_and_continued_sees_what_one_stretch_would(tmp_path, u
     a, b = cs.read_state(one), cs.read_state(two)
     assert (a.images_seen, a.chunks_done, a.cursors) == (b.images_seen, b.chunks_done, b.cursors) == (
         48, 3, a.cursors)
+    # killed within a chunk, right after a save there: the next stretch goes on from that batch
+    three = tmp_path / "three"
+    with monkeypatch.context() as m:
+        original = SaveWithinChunk.on_train_batch_end
+
+        def save_then_die(self, batch, logs=None):
+            original(self, batch, logs)
+            if self.state.batches_done:
+                raise Killed
+
+        m.setattr(SaveWithinChunk, "on_train_batch_end", save_then_die)
+        with pytest.raises(Killed):
+            campaign_main([*data, *common, "--folder", str(three), "--run-dir", str(tmp_path / "r3"),
+                           "--save-every", "0"])
+    killed = cs.read_state(three)
+    assert (killed.images_seen, killed.chunks_done, killed.batches_done, killed.cursors) == (8, 0, 1, {})
+    assert campaign_main(["--folder", str(three), "--run-dir", str(tmp_path / "r3"), "--precision", "float32",
+                          "--no-cache"]) == 0
+    c = cs.read_state(three)
+    assert (c.images_seen, c.chunks_done, c.batches_done, c.cursors) == (48, 3, 0, a.cursors)
     assert (a.stretches, b.stretches) == (1, 2)
     log = list(csv.DictReader((two / "log.csv").open()))
     assert [r["stretch"] for r in log] == ["1", "2"] and log[-1]["images_at_end"] == "48"
@@ -127,6 +165,13 @@ def test_a_stretch_stopped_and_continued_sees_what_one_stretch_would(tmp_path, u
     # a task model takes the campaign's backbone by layer name
     from train.model import build_model
 
+    velocities = cs.unpack_velocities(one / "weights.npz")
+    assert "conv5_3/kernel" in velocities and "age_dense/kernel" in velocities
+    from train.campaign import build_network
+
+    restarted = build_network(cs.read_plan(one), cs.load_checkpoint(one)[1], 48, seed=0, velocities=velocities)
+    assert np.array_equal(cs.optimizer_velocities(restarted)["conv5_3/kernel"], velocities["conv5_3/kernel"])
+    assert int(restarted.optimizer.iterations.numpy()) == 48 // 8
     model = build_model("age", input_size=32)
     _, weights = cs.load_checkpoint(one)
     names = cs.set_model_weights(model, weights, strict=False)
@@ -173,8 +218,13 @@ def test_gender_only_faces_train_the_gender_model_and_are_left_out_of_the_age_mo
     assert set(config["datasets"]) == {"utkface"}
     assert train_main(["gender", *base, "--run-dir", str(tmp_path / "rg")]) == 0
     assert set(json.loads((tmp_path / "rg" / "config.json").read_text())["datasets"]) == {"utkface", "lfw"}
+    import keras
+
+    before = keras.mixed_precision.global_policy().name
+    # no --precision: auto, bf16 on some CPUs; a failed run leaves the caller's policy as it was
     assert train_main(["age", "--data-dir", str(lfw_dir), "--split-dir", str(tmp_path / "s"),
                        "--run-dir", str(tmp_path / "rx"), "--no-cache"]) == 2
+    assert keras.mixed_precision.global_policy().name == before
 
 
 def test_a_person_stays_on_one_side_of_the_split_and_the_split_is_stable(tmp_path, astronaut_chip):

@@ -49,7 +49,7 @@ from train.data import (
     sources,
     with_masks,
 )
-from train.model import set_precision
+from train.model import build_model, compile_args, set_precision
 
 ROOT = Path(__file__).resolve().parent.parent
 #: Created in the run folder (``touch runs/campaign/STOP``), it ends the stretch after the chunk in progress.
@@ -77,6 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hours", type=float, help="stop after the chunk that passes this many hours")
     p.add_argument("--until-images", type=int, help="stop once the campaign has seen this many images")
     p.add_argument("--precision", choices=("auto", "bfloat16", "float32"), default="auto")
+    p.add_argument("--save-every", type=float, default=180.0,
+                   help="seconds between checkpoints within a chunk (a chunk's end always saves)")
     p.add_argument("--folder", type=Path, default=cs.CAMPAIGN_DIR, help="the campaign's committed state")
     p.add_argument("--run-dir", type=Path, default=ROOT / "runs" / "campaign",
                    help="where the live monitor's progress.json goes")
@@ -99,11 +101,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    policy = keras.mixed_precision.global_policy()  # set for the run only (a caller's process goes on)
     try:
         run(args)
     except (FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    finally:
+        keras.mixed_precision.set_global_policy(policy)
     return 0
 
 
@@ -250,11 +255,33 @@ class CampaignData:
                              augment=self.plan.augment, seed=self.plan.seed + 7919 * chunk), cursors
 
 
-def build_network(plan: cs.Plan, weights: dict | None, images_seen: int, *, seed: int):
-    """The multitask network with ``weights`` (``None``: from scratch), compiled with AdamW on the plan's
-    schedule, its step set to ``images_seen`` (with the re-warm ramp when that is past 0)."""
-    from train.model import build_model, compile_args
+class SaveWithinChunk(keras.callbacks.Callback):
+    """Writes the campaign's checkpoint every ``every_s`` seconds within a chunk (its position: the batches
+    of the chunk done so far), so that a stretch killed on a slow CPU loses minutes, not a whole chunk."""
 
+    def __init__(self, folder: Path, plan: cs.Plan, state: cs.State, skipped: int, every_s: float):
+        super().__init__()
+        self.folder, self.plan, self.state, self.skipped, self.every_s = folder, plan, state, skipped, every_s
+        self.base_seconds = state.train_seconds
+        self.t0 = self.last = time.perf_counter()
+
+    def on_train_batch_end(self, batch, logs=None):
+        now = time.perf_counter()
+        if now - self.last < self.every_s:
+            return
+        state = self.state
+        state.batches_done = self.skipped + batch + 1
+        state.images_seen = state.chunks_done * self.plan.chunk_images + state.batches_done * self.plan.batch_size
+        state.train_seconds = round(self.base_seconds + now - self.t0, 1)
+        cs.save_checkpoint(self.folder, cs.model_weights(self.model), state, cs.optimizer_velocities(self.model))
+        self.last = time.perf_counter()
+
+
+def build_network(plan: cs.Plan, weights: dict | None, images_seen: int, *, seed: int,
+                  velocities: dict | None = None):
+    """The multitask network with ``weights`` (``None``: from scratch), compiled with AdamW on the plan's
+    schedule, its step set to ``images_seen`` (with the re-warm ramp when that is past 0) and its second
+    moments set from ``velocities`` where given (first moments start at zero)."""
     keras.utils.set_random_seed(seed)
     model = build_model("multitask")
     if weights is not None:
@@ -264,6 +291,8 @@ def build_network(plan: cs.Plan, weights: dict | None, images_seen: int, *, seed
     model.compile(optimizer=optimizer, **compile_args("multitask"))
     optimizer.build(model.trainable_variables)
     optimizer.iterations.assign(step)
+    if velocities:
+        cs.set_optimizer_velocities(model, velocities)
     return model
 
 
@@ -278,7 +307,9 @@ def run(args) -> cs.State:
         return state
     data = CampaignData(plan, srcs, splits, cache=not args.no_cache)
     policy = set_precision(args.precision)
-    model = build_network(plan, weights, state.images_seen, seed=plan.seed + state.chunks_done)
+    velocities = cs.unpack_velocities(folder / "weights.npz") if weights is not None else None
+    model = build_network(plan, weights, state.images_seen, seed=plan.seed + state.chunks_done,
+                          velocities=velocities)
 
     state.stretches += 1
     stretch = {"stretch": state.stretches, "started": _now(), "cpu": cpu_description(), "policy": policy,
@@ -302,23 +333,24 @@ def run(args) -> cs.State:
             break
         size = plan.size_at(state.images_seen)
         data.load(size)
-        chunk = state.chunks_done
+        chunk, skip = state.chunks_done, state.batches_done
         ds, cursors = data.batches(chunk, state.cursors)
         stage = next(i for i, (s, _) in enumerate(plan.stages) if s == size) + 1
         progress = ProgressFile(args.run_dir, size=size, phase=f"{stage}/{len(plan.stages)}",
                                 epochs=plan.total_chunks, batch_size=plan.batch_size, started=started,
                                 unit="chunk")
+        saver = SaveWithinChunk(folder, plan, state, skip, args.save_every)
         t0 = time.perf_counter()
-        hist = model.fit(ds, epochs=chunk + 1, initial_epoch=chunk, verbose=0, callbacks=[progress],
-                         shuffle=False)
+        hist = model.fit(ds.skip(skip), epochs=chunk + 1, initial_epoch=chunk, verbose=0,
+                         callbacks=[progress, saver], shuffle=False)
         seconds = time.perf_counter() - t0
-        trained_s, trained_images = trained_s + seconds, trained_images + plan.chunk_images
+        done = plan.chunk_images - skip * plan.batch_size
+        trained_s, trained_images = trained_s + seconds, trained_images + done
         losses.append(float(hist.history["loss"][-1]))
-        state.images_seen += plan.chunk_images
-        state.chunks_done += 1
-        state.cursors = cursors
-        state.train_seconds = round(state.train_seconds + seconds, 1)
-        cs.save_checkpoint(folder, cs.model_weights(model), state)
+        state.chunks_done, state.batches_done, state.cursors = chunk + 1, 0, cursors
+        state.images_seen = state.chunks_done * plan.chunk_images
+        state.train_seconds = round(saver.base_seconds + seconds, 1)
+        cs.save_checkpoint(folder, cs.model_weights(model), state, cs.optimizer_velocities(model))
         rate = trained_images / trained_s
         print(f"chunk {state.chunks_done}/{plan.total_chunks}: {size} px, loss {losses[-1]:.4f}, "
               f"{rate:.1f} images/s, {state.images_seen:,} images seen", flush=True)

@@ -2,13 +2,14 @@
 
     python -m train.campaign_restart --warm 2 --chunks 3 [--json docs/campaign_restart.json]
 
-Between stretches the campaign keeps its weights as bfloat16 and drops the AdamW moments
-(:mod:`train.campaign_state`); the next stretch starts them afresh and ramps the learning rate back up. This
-measures that, from the committed state, without changing it: ``--warm`` chunks are trained first (so the
-moments are those of a running campaign), then the same ``--chunks`` chunks twice, on the same data order
-and augmentation: (a) continuing in the same process, and (b) restarted as a new stretch would be, from the
-weights rounded to bfloat16 with fresh moments and the re-warm ramp. Reported: each arm's training loss per
-chunk and its validation per dataset at the end; the difference is the restart's cost.
+Between stretches the campaign keeps its weights as bfloat16 and AdamW's second moments as 8-bit logarithms,
+and drops the first moments (:mod:`train.campaign_state`); the next stretch ramps the learning rate back up.
+This measures that, from the committed state, without changing it: ``--warm`` chunks are trained first (so the
+moments are those of a running campaign), then the same ``--chunks`` chunks once per arm, on the same data
+order and augmentation: ``continued`` in the same process, ``restarted`` as a new stretch does (weights
+rounded to bfloat16, second moments through their 8-bit code, first moments at zero, the re-warm ramp),
+``no_moments`` (both moments at zero) and ``float32`` (exact weights and second moments). Reported: each
+arm's training loss per chunk and its validation per dataset at the end; the differences are the costs.
 """
 
 from __future__ import annotations
@@ -47,12 +48,17 @@ def measure(args) -> dict:
     for _ in range(args.warm):
         _, cursors = _train(model, data, chunk, cursors)
         seen, chunk = seen + plan.chunk_images, chunk + 1
-    snapshot = {k: cs.from_bfloat16(cs.to_bfloat16(v)) for k, v in cs.model_weights(model).items()}
+    exact_weights, exact_v = cs.model_weights(model), cs.optimizer_velocities(model)
+    stored = {k: cs.from_bfloat16(cs.to_bfloat16(v)) for k, v in exact_weights.items()}
+    stored_v = {k: cs.from_log8(*cs.to_log8(v)) for k, v in exact_v.items()}
+    starts = {"restarted": (stored, stored_v), "no_moments": (stored, None), "float32": (exact_weights, exact_v)}
     at = {"images_seen": seen, "chunk": chunk, "cursors": dict(cursors)}
     arms = {}
-    for arm in ("continued", "restarted"):
-        if arm == "restarted":
-            model = build_network(plan, snapshot, at["images_seen"], seed=plan.seed + at["chunk"])
+    for arm in args.arms:
+        if arm != "continued":
+            weights_at, velocities_at = starts[arm]
+            model = build_network(plan, weights_at, at["images_seen"], seed=plan.seed + at["chunk"],
+                                  velocities=velocities_at)
         chunk, cursors, losses = at["chunk"], dict(at["cursors"]), []
         for _ in range(args.chunks):
             loss, cursors = _train(model, data, chunk, cursors)
@@ -61,13 +67,13 @@ def measure(args) -> dict:
             print(f"{arm}: chunk {chunk}, loss {loss:.4f}", flush=True)
         arms[arm] = {"loss_per_chunk": losses, "validation": evaluate(model, data.val, plan.batch_size)}
         print(f"{arm}: {arms[arm]['validation']}", flush=True)
-    a, b = arms["continued"]["validation"], arms["restarted"]["validation"]
+    base = arms.get("continued")
     return {"machine": cpu_description(), "policy": policy, "from_images_seen": state.images_seen,
             "warm_chunks": args.warm, "chunks": args.chunks, "chunk_images": plan.chunk_images,
-            "input_size": data.size, "rewarm_images": plan.rewarm_images, **arms,
-            "restarted_minus_continued": {k: round(b[k] - a[k], 4) for k in a if k in b},
-            "loss_difference_per_chunk": [round(y - x, 4) for x, y in zip(arms["continued"]["loss_per_chunk"],
-                                                                         arms["restarted"]["loss_per_chunk"])],
+            "input_size": data.size, "rewarm_images": plan.rewarm_images, "arms": arms,
+            "loss_minus_continued": {arm: [round(y - x, 4) for x, y in zip(base["loss_per_chunk"],
+                                                                          r["loss_per_chunk"])]
+                                     for arm, r in arms.items() if base and arm != "continued"},
             "seconds": round(time.perf_counter() - started, 1)}
 
 
@@ -79,6 +85,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--split-dir", type=Path, action="append")
     p.add_argument("--warm", type=int, default=2, help="chunks trained before the comparison starts")
     p.add_argument("--chunks", type=int, default=3, help="chunks each arm trains")
+    p.add_argument("--arms", type=lambda t: t.split(","), default=["continued", "restarted", "no_moments"],
+                   help="continued (no restart), restarted (as a stretch restarts: bfloat16 weights, 8-bit "
+                        "second moments), no_moments (bfloat16 weights, fresh moments), float32 (exact weights "
+                        "and moments, fresh first moments only)")
     p.add_argument("--precision", choices=("auto", "bfloat16", "float32"), default="auto")
     p.add_argument("--no-cache", action="store_true")
     p.add_argument("--json", type=Path, help="write the result here")

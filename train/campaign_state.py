@@ -6,15 +6,17 @@ longer than one machine is lent, in *stretches*. Between stretches everything it
 
 - ``plan.json``    fixed when the campaign starts: datasets and their shares, age balancing, augmentation,
   batch size, chunk size, the input-size stages, the learning-rate schedule, the seed;
-- ``state.json``   the position: images seen, chunks done, each sampling pool's place in its cycle, and the
-  sha256 of the weights file it belongs to;
+- ``state.json``   the position: images seen, chunks done and batches into the next, each sampling pool's
+  place in its cycle, and the sha256 of the weights file it belongs to;
 - ``weights.npz``  every weight of the model, large tensors as bfloat16 (the top 16 bits of float32, rounded
-  to nearest even: about 30 MB for VGG16), small ones (batch-norm statistics, biases) as float32;
+  to nearest even: about 30 MB for VGG16), small ones (batch-norm statistics, biases) as float32, and
+  AdamW's second moments as 8-bit logarithms (15 MB);
 - ``log.csv``      one row per stretch (CPU, precision, images seen, images/s, validation per dataset);
 - ``history.csv``  one row per evaluation (images seen, learning rate, loss, validation per dataset).
 
-The AdamW moments are not kept (they would triple the size): a stretch starts them afresh and ramps the
-learning rate back up over ``rewarm_images`` (a warm restart; its measured cost is in the README).
+AdamW's second moments are kept as 8-bit logarithms (15 MB; they take about 1,000 steps to rebuild), its
+first moments are not (they rebuild within a few dozen): a stretch starts those at zero and ramps the learning
+rate back up over ``rewarm_images``. The measured cost of such a restart is in ``docs/campaign.md``.
 Nothing here imports TensorFlow; files are written whole and renamed, so a kill never leaves half a file.
 """
 
@@ -92,11 +94,14 @@ class Plan:
 
 @dataclass
 class State:
-    """Where the campaign stands. ``cursors``: {pool: draws so far} for each sampling pool (a dataset, or a
-    dataset's age bin), which with the plan's seed fixes every later draw."""
+    """Where the campaign stands: ``chunks_done`` whole chunks, then ``batches_done`` batches of the next
+    (a stretch also saves within a chunk, every few minutes). ``cursors``: {pool: draws so far} at the start
+    of the chunk in progress, for each sampling pool (a dataset, or a dataset's age bin); with the plan's
+    seed they fix every later draw."""
 
     images_seen: int = 0
     chunks_done: int = 0
+    batches_done: int = 0
     cursors: dict[str, int] = field(default_factory=dict)
     stretches: int = 0
     weights_sha256: str | None = None
@@ -140,32 +145,65 @@ def from_bfloat16(bits: np.ndarray) -> np.ndarray:
     return (np.asarray(bits, np.uint16).astype(np.uint32) << np.uint32(16)).view(np.float32)
 
 
-def pack_weights(named: dict[str, np.ndarray]) -> bytes:
+def to_log8(v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Non-negative values (AdamW's second moments) -> (uint8 codes, float32 [lo, hi]): 0 stays 0, others
+    are 1..255 on a log2 scale between the tensor's smallest and largest (a step of (hi - lo) / 254 in
+    log2, about 5 % of a step size for a typical range of 40 octaves)."""
+    v = np.asarray(v, np.float32)
+    positive = v > 0
+    if not positive.any():
+        return np.zeros(v.shape, np.uint8), np.zeros(2, np.float32)
+    logs = np.log2(v[positive])
+    lo, hi = float(logs.min()), float(logs.max())
+    codes = np.zeros(v.shape, np.uint8)
+    codes[positive] = 1 + np.round((logs - lo) / max(hi - lo, 1e-12) * 254).astype(np.uint8)
+    return codes, np.array([lo, hi], np.float32)
+
+
+def from_log8(codes: np.ndarray, bounds: np.ndarray) -> np.ndarray:
+    lo, hi = float(bounds[0]), float(bounds[1])
+    values = np.exp2(lo + (codes.astype(np.float32) - 1) / 254 * (hi - lo)).astype(np.float32)
+    return np.where(codes == 0, np.float32(0), values)
+
+
+def pack_weights(named: dict[str, np.ndarray], velocities: dict[str, np.ndarray] | None = None) -> bytes:
     """{name: float32 array} -> the bytes of an ``.npz``: large arrays under ``bf16/<name>``, small ones under
-    ``f32/<name>``."""
+    ``f32/<name>``; AdamW's second moments (``velocities``, by variable path) as 8-bit logs under
+    ``v8/<path>`` with their range under ``v8range/<path>``."""
     arrays = {}
     for name, value in named.items():
         value = np.asarray(value, np.float32)
         key = "bf16/" if value.size >= BF16_MIN_SIZE else "f32/"
         arrays[key + name] = to_bfloat16(value) if key == "bf16/" else value
+    for path, value in (velocities or {}).items():
+        arrays["v8/" + path], arrays["v8range/" + path] = to_log8(value)
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
     return buffer.getvalue()
 
 
 def unpack_weights(path: Path) -> dict[str, np.ndarray]:
-    """The ``.npz`` of :func:`pack_weights` -> {name: float32 array}."""
+    """The weights in an ``.npz`` of :func:`pack_weights` -> {name: float32 array}."""
     with np.load(path) as data:
         return {key.split("/", 1)[1]: (from_bfloat16(data[key]) if key.startswith("bf16/") else data[key])
-                for key in data.files}
+                for key in data.files if key.startswith(("bf16/", "f32/"))}
 
 
-def save_checkpoint(folder: Path, named: dict[str, np.ndarray], state: State) -> State:
-    """Write the weights, then the state that names their sha256 (in that order: a kill between the two
-    leaves the previous state, which the sha256 check then refuses to pair with the new weights)."""
+def unpack_velocities(path: Path) -> dict[str, np.ndarray]:
+    """The second moments in an ``.npz`` of :func:`pack_weights` -> {variable path: float32 array}."""
+    with np.load(path) as data:
+        return {key[3:]: from_log8(data[key], data["v8range/" + key[3:]])
+                for key in data.files if key.startswith("v8/")}
+
+
+def save_checkpoint(folder: Path, named: dict[str, np.ndarray], state: State,
+                    velocities: dict[str, np.ndarray] | None = None) -> State:
+    """Write the weights (and second moments), then the state that names their sha256 (in that order: a kill
+    between the two leaves the previous state, which the sha256 check then refuses to pair with the new
+    weights)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    data = pack_weights(named)
+    data = pack_weights(named, velocities)
     _write_bytes(folder / "weights.npz", data)
     state.weights_sha256 = hashlib.sha256(data).hexdigest()
     write_json(folder / "state.json", asdict(state))
@@ -282,4 +320,23 @@ def set_model_weights(model, named: dict[str, np.ndarray], *, strict: bool = Tru
             continue
         layer.set_weights(values)
         done.append(layer.name)
+    return done
+
+
+def optimizer_velocities(model) -> dict[str, np.ndarray]:
+    """{variable path: AdamW's second moment} of a compiled model's built optimizer (empty where the
+    optimizer keeps none)."""
+    opt = model.optimizer
+    variables, velocities = getattr(opt, "_trainable_variables", []), getattr(opt, "_velocities", [])
+    return {var.path: np.asarray(v) for var, v in zip(variables, velocities)}
+
+
+def set_optimizer_velocities(model, named: dict[str, np.ndarray]) -> int:
+    """Set the built optimizer's second moments from ``named`` (same paths and shapes); return how many."""
+    opt, done = model.optimizer, 0
+    for var, v in zip(getattr(opt, "_trainable_variables", []), getattr(opt, "_velocities", [])):
+        value = named.get(var.path)
+        if value is not None and tuple(value.shape) == tuple(v.shape):
+            v.assign(value)
+            done += 1
     return done

@@ -236,7 +236,10 @@ def format_summary(m: dict) -> str:
 def format_report(m: dict) -> str:
     groups = "  ".join(f"{k}: MAE {v['age_mae']} bias {v['age_bias']} acc {v['gender_accuracy']} (n={v['n']})"
                        for k, v in m["per_age_bucket"].items())
-    lines = [f"mode {m['mode']}: {m['n']} faces scored, {m['no_face']} without a detected face",
+    head = f"mode {m['mode']}: {m['n']} faces scored, {m['no_face']} without a detected face"
+    if m["age_mae"] is None:  # a gender-only dataset (LFW)
+        return f"{head}\ngender accuracy {_fmt(m['gender_accuracy'], '.2%')} (no age labels)"
+    lines = [head,
              f"age slope (predicted on true) {_fmt(m.get('age_slope'), '.3f')}; signed error per bucket: "
              + "  ".join(f"{k} {_fmt(v['age_bias'], '+.2f')}" for k, v in m["per_age_bucket"].items()),
              f"age MAE {m['age_mae']} (RMSE {m['age_rmse']}), bias {m['age_bias']} (median {m['age_median_error']}), "

@@ -141,11 +141,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    policy = keras.mixed_precision.global_policy()  # set for the run only (a caller's process goes on)
     try:
         train(args)
     except (FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    finally:
+        keras.mixed_precision.set_global_policy(policy)
     return 0
 
 
