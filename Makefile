@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: run test lint install install-dev clean models bench generalisation reliability export
+.PHONY: run test lint install install-dev clean campaign models bench generalisation reliability export
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -39,20 +39,21 @@ lint: install-dev
 test: install-dev lint
 	$(BIN)/pytest
 
-# The shipped models, end to end (about 3 hours on 2 cores with bf16). Every step resumes, or is skipped when done.
+# The backbone campaign (python -m train campaign, docs/campaign.md): continues from models/campaign wherever the
+# last machine stopped, at the best precision this CPU has; HOURS=3 ends this stretch after three hours. Commit
+# models/campaign afterwards: it is what the next machine continues from.
 DATA ?= ../shared/data/utkface
 AAF ?= ../shared/data/aaf
-# 1. The shared backbone, from scratch on UTKFace + All-Age-Faces (16,000 images per epoch, drawn in proportion
-#    to each dataset), all 14 planned epochs (shipped since session 9; see README "Beyond UTKFace, step by step").
-BACKBONE = --data-dir $(DATA) --data-dir $(AAF) --schedule 64:7,96:7 --warmup-epochs 0.5 --augment basic \
-           --epoch-images 16000 --resume
-# 2. Each model fine-tuned from it on the same mix, blocks 1-2 frozen, with the photo augmentation.
-FINETUNE = --data-dir $(DATA) --data-dir $(AAF) --init runs/multitask/model.keras --freeze-blocks 2 --schedule 96:2 \
-           --lr 3e-4 --augment photo --warmup-epochs 0.1 --epoch-images 16000 --resume
+LFW ?= ../shared/data/lfw
+campaign: install
+	$(BIN)/python -m train campaign --data-dir $(DATA) --data-dir $(AAF) --data-dir $(LFW) $(if $(HOURS),--hours $(HOURS))
+
+# The shipped models from the campaign's backbone as it stands: each fine-tuned on its own (LFW has no ages, so
+# the age model trains on UTKFace + AAF), evaluated, exported, quantized, its reliability rule and the card.
+FINETUNE = --init campaign --schedule 96:2 --lr 3e-4 --augment photo --warmup-epochs 0.1 --epoch-images 16000 --resume
 models: install
-	$(BIN)/python -m train multitask $(BACKBONE)
-	$(BIN)/python -m train age $(FINETUNE)
-	$(BIN)/python -m train gender $(FINETUNE)
+	$(BIN)/python -m train age --data-dir $(DATA) --data-dir $(AAF) $(FINETUNE)
+	$(BIN)/python -m train gender --data-dir $(DATA) --data-dir $(AAF) --data-dir $(LFW) $(FINETUNE)
 	$(BIN)/python -m train.evaluate --data-dir $(DATA) --json models/metrics_test_chip.json
 	$(BIN)/python -m train.evaluate --data-dir $(DATA) --detect --json models/metrics_test_detect.json
 	$(BIN)/python -m train.export --data-dir $(DATA)

@@ -341,3 +341,31 @@ def test_training_datasets_names_what_the_models_learned_from():
         "UTKFace + my_faces"
     assert training_datasets({"run": {"data_dir": "../shared/data/utkface"}}) == "UTKFace"
     assert training_datasets({}) == "UTKFace"  # metadata from before datasets were recorded
+
+
+def test_dashboard_charts_the_backbone_campaign(monkeypatch, tmp_path, tiny_models):
+    """A models folder with a campaign: the page says where it stands, lists each stretch and charts the
+    validation per dataset against images seen."""
+    folder = tmp_path / "models"
+    shutil.copytree(tiny_models, folder)
+    campaign = folder / "campaign"
+    campaign.mkdir()
+    (campaign / "plan.json").write_text(json.dumps({"stages": [[64, 1000], [96, 600]], "schema": "campaign/1"}))
+    (campaign / "state.json").write_text(json.dumps({"images_seen": 400, "stretches": 2}))
+    (campaign / "log.csv").write_text(
+        "stretch,cpu,policy,images_at_start,images_at_end,images_per_s,val_age_mae_utkface,val_gender_acc_lfw\n"
+        "1,Xeon AMX,mixed_bfloat16,0,200,60.1,9.5,0.85\n2,EPYC Zen 4,mixed_bfloat16,200,400,24.0,8.1,0.9\n")
+    (campaign / "history.csv").write_text(
+        "images_seen,val_age_mae_utkface,val_age_mae_aaf,val_gender_acc_lfw,val_age_slope_utkface\n"
+        "100,11,12,0.8,0.6\n200,9.5,10,0.85,0.7\n300,8.8,9.1,0.88,0.72\n400,8.1,8.6,0.9,0.75\n")
+    monkeypatch.setenv("AGEGENDER_MODELS_DIR", str(folder))
+    monkeypatch.chdir(ROOT)
+    at = AppTest.from_file(str(ROOT / "pages" / "3_Training_history.py"), default_timeout=60).run()
+    assert not at.exception
+    bar = [p for p in at.get("progress") if "images seen" in p.text]
+    assert bar and bar[0].value == 25 and "400 of 1,600 images seen" in bar[0].text and "2 stretch" in bar[0].text
+    stretches = at.dataframe[0].value
+    assert list(stretches["CPU"]) == ["Xeon AMX", "EPYC Zen 4"] and list(stretches["images/s"]) == [60.1, 24.0]
+    spec = [s for s in chart_specs(at) if s["layout"]["title"]["text"].startswith("Backbone campaign")]
+    assert spec and {t["name"] for t in spec[0]["data"]} == {"utkface", "aaf", "lfw"}
+    assert len(spec[0]["data"]) == 4  # MAE of two datasets, LFW's gender accuracy, UTKFace's slope
