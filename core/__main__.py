@@ -87,6 +87,21 @@ def add_analysis_arguments(parser: argparse.ArgumentParser) -> None:
                              "less accurate")
 
 
+#: The detector's option ranges, as the HTTP API accepts them.
+MIN_FACE_SIZE_RANGE = (8, 4096)
+
+
+def check_analysis_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse option values that make no sense, with one line and exit status 2 (argparse's ``error``)."""
+    lo, hi = MIN_FACE_SIZE_RANGE
+    if not lo <= args.min_face_size <= hi:
+        parser.error(f"--min-face-size must be between {lo} and {hi} pixels, got {args.min_face_size}")
+    if not 0.0 <= args.threshold <= 1.0:
+        parser.error(f"--threshold is a confidence between 0 and 1, got {args.threshold}")
+    if args.batch_size < 1:
+        parser.error(f"--batch-size must be at least 1, got {args.batch_size}")
+
+
 def settings_of(args: argparse.Namespace) -> Settings:
     return Settings(detect=not args.no_detect, min_face_size=args.min_face_size, threshold=args.threshold,
                     align=not args.no_align, models_dir=args.models_dir, tta=False if args.no_flip else None)
@@ -112,6 +127,7 @@ def batch_main(argv: list[str]) -> int:
                         help="images per model call (local) or faces per model call (ray)")
     add_analysis_arguments(parser)
     args = parser.parse_args(argv)
+    check_analysis_arguments(parser, args)
     if args.engine == "local" and (args.address or args.concurrency):
         parser.error("--address and --concurrency need --engine ray")
     if args.batch_size < 1 or (args.concurrency is not None and args.concurrency < 1):
@@ -154,23 +170,35 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=8, help="images per model call")
     add_analysis_arguments(parser)
     args = parser.parse_args(argv)
+    check_analysis_arguments(parser, args)
+    fmt = None
+    if args.output:
+        if args.json:
+            parser.error("--json prints to the screen; with --output the file's extension (or --format) decides")
+        fmt = args.format or {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl"}.get(args.output.suffix.lower())
+        if fmt is None:
+            parser.error(f"--output {args.output}: give a file ending in .csv or .jsonl (or --format csv|jsonl)")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
     from core.image import MAX_BYTES
     from core.pipeline import analyze_many, prepare
 
     try:
+        if args.output:
+            check_output(str(args.output), fmt)
+        if not list_sources(args.inputs, lists=False):
+            raise BatchError(f"no image found in {', '.join(args.inputs)} "
+                             f"(images end in {', '.join(sorted(IMAGE_SUFFIXES))}).")
         models = prepare(args.models_dir, tta=False if args.no_flip else None)
-    except ModelNotFound as exc:
+    except (ModelNotFound, BatchError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     sources = list(iter_sources(args.inputs, MAX_BYTES))
-    results = analyze_many(sources, batch_size=max(1, args.batch_size), detect=not args.no_detect,
+    results = analyze_many(sources, batch_size=args.batch_size, detect=not args.no_detect,
                            min_face_size=args.min_face_size, threshold=args.threshold,
                            align=not args.no_align, models=models)
     failed = 0
     if args.output:
-        fmt = args.format or ("jsonl" if args.output.suffix.lower() in (".jsonl", ".ndjson") else "csv")
         summary = write_results(results, len(sources), RowWriter(str(args.output), fmt))
         print(summary.line(str(args.output)), file=sys.stderr)
         return 1 if summary.errors else 0

@@ -127,13 +127,23 @@ def face_result(face: Detection, age: float, female_probability: float, models: 
                       gender_note=note)
 
 
-def analyze_many(sources: Iterable[tuple[str, ImageInput | AgeGenderError]], *, batch_size: int = 8,
+def _named(sources: Iterable) -> Iterator[tuple[str, ImageInput | AgeGenderError]]:
+    """``(name, image)`` pairs as they are; a bare path is named after itself, other bare images by position."""
+    for i, item in enumerate(sources):
+        if isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str):
+            yield item
+        else:
+            yield (str(item) if isinstance(item, (str, Path)) else f"image {i + 1}"), item
+
+
+def analyze_many(sources: Iterable[tuple[str, ImageInput | AgeGenderError] | ImageInput], *, batch_size: int = 8,
                  detect: bool = True,
                  min_face_size: int = DEFAULT_MIN_FACE_SIZE, threshold: float = DEFAULT_THRESHOLD,
                  align: bool = True, models: AgeGenderModels | None = None,
                  models_dir: str | Path | None = None) -> Iterator[tuple[str, list[FaceResult] | AgeGenderError]]:
-    """Analyse many images, ``batch_size`` images per model call. Yields ``(name, faces)`` in input order,
-    or ``(name, error)`` for an image that could not be read: one bad file never stops the run."""
+    """Analyse many images, ``batch_size`` images per model call. ``sources``: paths or images, or
+    ``(name, image)`` pairs. Yields ``(name, faces)`` in input order, or ``(name, error)`` for an image that
+    could not be read: one bad file never stops the run."""
     models = models or load_models(models_dir)
     pending: list[tuple[str, np.ndarray | None, list[Detection] | AgeGenderError]] = []
 
@@ -144,7 +154,7 @@ def analyze_many(sources: Iterable[tuple[str, ImageInput | AgeGenderError]], *, 
             yield name, (next(predicted) if rgb is not None else faces)
         pending.clear()
 
-    for name, source in sources:
+    for name, source in _named(sources):
         try:
             if isinstance(source, AgeGenderError):  # a source that is already known to be bad
                 raise source

@@ -256,3 +256,17 @@ def test_compression_numbers_equal_a_hand_computation():
     assert m["gender_accuracy"] == pytest.approx(0.8) and m["n"] == 5
     lfw = compute_metrics([-1, -1], [30, 40], [1, 0], [0.9, 0.7])
     assert lfw["age_mae"] is None and lfw["age_slope"] is None and lfw["gender_accuracy"] == 0.5
+
+
+def test_a_limited_smoke_run_never_replaces_the_shipped_models(tmp_path, utk_dir, monkeypatch):
+    """--limit without --out-dir exports into the run folder; models/ is left as it is."""
+    from core.modelfiles import DEFAULT_MODELS_DIR
+    from train.trainer import main as train_main
+
+    before = {p.name: p.stat().st_mtime_ns for p in DEFAULT_MODELS_DIR.glob("*") if p.is_file()}
+    run = tmp_path / "smoke"
+    assert train_main(["gender", "--data-dir", str(utk_dir), "--split-dir", str(tmp_path / "s"), "--limit", "16",
+                       "--schedule", "32:1", "--batch-size", "8", "--precision", "float32", "--no-cache",
+                       "--crop", "chip", "--run-dir", str(run)]) == 0
+    assert (run / "models" / "gender_model.h5").is_file()
+    assert {p.name: p.stat().st_mtime_ns for p in DEFAULT_MODELS_DIR.glob("*") if p.is_file()} == before

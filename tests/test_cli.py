@@ -89,3 +89,41 @@ def test_no_flip_gives_the_library_result_without_test_time_flip(tmp_path, astro
     plain = core.analyze(astronaut_jpeg, models=AgeGenderModels(tiny_models, tta=False))[0]
     assert abs(face["age"] - plain.age) <= 0.05 + 1e-3  # the JSON rounds ages to 0.1 years
     assert abs(face["female_probability"] - plain.female_probability) < 1e-3
+
+
+def test_every_user_error_is_one_line_and_status_2(tmp_path, astronaut_jpeg, tiny_models, capsys, monkeypatch):
+    """Out-of-range options, outputs that cannot be written and inputs without an image: one line on
+    stderr, exit status 2, no traceback, nothing written (in process: the checks come before any model)."""
+    import pytest
+
+    from core.__main__ import main
+
+    photo = tmp_path / "a.jpg"
+    photo.write_bytes(astronaut_jpeg)
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "out").mkdir()
+    cases = {
+        ("--threshold", "2"): "--threshold is a confidence between 0 and 1",
+        ("--min-face-size", "5000"): "--min-face-size must be between 8 and 4096",
+        ("--batch-size", "0"): "--batch-size must be at least 1",
+        ("-o", str(tmp_path / "x.txt")): "give a file ending in .csv or .jsonl",
+        ("-o", str(tmp_path / "r.csv"), "--json"): "--json prints to the screen",
+    }
+    for extra, message in cases.items():
+        with pytest.raises(SystemExit) as stop:
+            main([str(photo), *extra])
+        assert stop.value.code == 2
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err, (extra, err)
+    monkeypatch.setenv("AGEGENDER_MODELS_DIR", str(tiny_models))
+    for args, message in (([str(photo), "-o", str(tmp_path / "missing" / "x.csv")], "does not exist"),
+                          ([str(photo), "-o", str(tmp_path / "out")], "give a file ending in .csv"),
+                          ([str(tmp_path / "empty")], "no image found in"),
+                          (["batch", str(tmp_path / "empty"), "-o", str(tmp_path / "r.csv")], "no image found")):
+        try:
+            code = main(args)
+        except SystemExit as stop:
+            code = stop.code
+        err = capsys.readouterr().err
+        assert code == 2 and message in err and "Traceback" not in err, (args, err)
+    assert not (tmp_path / "missing").exists() and not list((tmp_path / "out").iterdir())

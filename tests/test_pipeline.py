@@ -138,3 +138,18 @@ def test_load_models_caches_each_flip_setting_once(tiny_models):
     plain = load_models(tiny_models, tta=False)
     assert plain is load_models(tiny_models, tta=False) and plain is not load_models(tiny_models)
     assert plain.flip == {"age": False, "gender": False} and load_models(tiny_models).flip["age"]
+
+
+def test_many_images_as_paths_pairs_or_arrays(astronaut, astronaut_jpeg, tmp_path, models):
+    """analyze_many takes bare paths (named after themselves), bare images (named by position) and
+    (name, image) pairs; a bad file is an error result, not an exception."""
+    from core import analyze_many
+
+    path = tmp_path / "a.jpg"
+    path.write_bytes(astronaut_jpeg)
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"not an image")
+    out = list(analyze_many([path, str(path), ("mine", astronaut), astronaut, bad], models=models))
+    assert [name for name, _ in out] == [str(path), str(path), "mine", "image 4", str(bad)]
+    assert all(isinstance(faces, list) and faces for _, faces in out[:4])
+    assert isinstance(out[4][1], core.InvalidImage)

@@ -43,7 +43,8 @@ def measure(args) -> dict:
     policy = set_precision(args.precision)
     data.load(plan.size_at(state.images_seen))
     seen, chunk, cursors = state.images_seen, state.chunks_done, dict(state.cursors)
-    model = build_network(plan, weights, seen, seed=plan.seed + chunk)
+    model = build_network(plan, weights, seen, seed=plan.seed + chunk,
+                          velocities=cs.unpack_velocities(Path(args.folder) / "weights.npz"))
     started = time.perf_counter()
     for _ in range(args.warm):
         _, cursors = _train(model, data, chunk, cursors)

@@ -15,7 +15,8 @@ A run lives in ``--run-dir`` (default ``runs/<task>``):
 - ``best.weights.h5`` the best weights at the final input size (lowest ``val_loss``);
 - ``model.keras``     the final model (multitask: the backbone that age/gender runs start from).
 
-For ``age`` and ``gender`` the model is exported to ``--out-dir`` (default ``models/``) as
+For ``age`` and ``gender`` the model is exported to ``--out-dir`` (default ``models/``; for a ``--limit``
+smoke run ``<run-dir>/models``) as
 ``<task>_model.h5`` in float32 with ``<task>_model.json`` metadata, ``history_<task>.csv`` and
 ``<task>_run.json``, and for inference as OpenVINO IR next to it (:mod:`train.export`). Training uses
 ``mixed_bfloat16`` where the hardware supports it.
@@ -113,7 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "app does (default); chip: the chip as it is")
     p.add_argument("--patience", type=int, default=4, help="early stopping patience (epochs, final size)")
     p.add_argument("--run-dir", type=Path, help="default runs/<task>")
-    p.add_argument("--out-dir", type=Path, default=DEFAULT_MODELS_DIR, help="where age/gender models go")
+    p.add_argument("--out-dir", type=Path,
+                   help="where age/gender models go (default: models/, the app's models; with --limit, a smoke "
+                        "run, RUN_DIR/models, so that it never replaces the shipped models unless asked)")
     p.add_argument("--split-dir", type=Path, action="append",
                    help="split folder of each --data-dir, in the same order (default train/splits/<dataset>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its last epoch")
@@ -192,6 +195,10 @@ def train(args: argparse.Namespace) -> dict:
     run_dir = args.run_dir or ROOT / "runs" / args.task
     run_dir.mkdir(parents=True, exist_ok=True)
     log = print
+    if args.out_dir is None:
+        args.out_dir = run_dir / "models" if args.limit else DEFAULT_MODELS_DIR
+        if args.limit:
+            log(f"--limit (a smoke run): the model goes to {args.out_dir}, not models/ (--out-dir to choose)")
     state_file, ckpt = run_dir / "state.json", run_dir / "checkpoint.keras"
     resuming = args.resume and state_file.is_file() and ckpt.is_file()
     if args.resume and not resuming:
