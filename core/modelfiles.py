@@ -18,13 +18,34 @@ from typing import Any
 
 from core.errors import ModelNotFound
 
-#: Folder with the shipped models; override with the AGEGENDER_MODELS_DIR environment variable.
+#: Folder with the shipped models in a checkout; override with the AGEGENDER_MODELS_DIR environment variable.
 DEFAULT_MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
 MODEL_FILES = {"age": "age_model.h5", "gender": "gender_model.h5"}
 
 
+def installed_models_dir() -> Path | None:
+    """Where ``pip install`` put the shipped models (``share/agegender/models`` under the install prefix,
+    found through the package's record of its files), or ``None`` outside such an install."""
+    from importlib import metadata
+
+    try:
+        files = metadata.distribution("agegender").files or []
+    except metadata.PackageNotFoundError:
+        return None
+    for file in files:
+        if file.name == MODEL_FILES["age"] and "share" in file.parts:
+            return Path(metadata.distribution("agegender").locate_file(file)).resolve().parent
+    return None
+
+
 def models_dir(path: str | Path | None = None) -> Path:
-    return Path(path or os.environ.get("AGEGENDER_MODELS_DIR") or DEFAULT_MODELS_DIR)
+    """``path``, else ``$AGEGENDER_MODELS_DIR``, else ``models/`` of the checkout, else the installed models."""
+    chosen = path or os.environ.get("AGEGENDER_MODELS_DIR")
+    if chosen:
+        return Path(chosen)
+    if DEFAULT_MODELS_DIR.is_dir():
+        return DEFAULT_MODELS_DIR
+    return installed_models_dir() or DEFAULT_MODELS_DIR
 
 
 def model_paths(directory: Path) -> dict[str, Path]:
