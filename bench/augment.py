@@ -17,9 +17,9 @@ import keras
 import numpy as np
 
 from core.models import bf16_policy_available
-from train.augment import AUGMENTATIONS
 from train.data import labels, load_chips, load_or_make_split, make_dataset
 from train.model import build_model, compile_args
+from train.options import AUGMENTATIONS
 
 
 def benchmark(images, *, batch_size: int = 64, recipes=("none", *AUGMENTATIONS), repeats: int = 2,

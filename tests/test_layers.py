@@ -21,7 +21,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("core 4 steps", ("core.crop", "core.detect", "core.models", "core.modelcard")),
     ("core 5 pipeline", ("core.pipeline", "core")),
     ("core 6 entry points", ("core.__main__", "core.batch", "core.engine_ray", "core.api", "core.draw")),
-    ("train 1 data", ("train.landmark_store", "train.augment", "train.data", "train.landmarks")),
+    ("train 1 data", ("train.options", "train.landmark_store", "train.augment", "train.data", "train.landmarks")),
     ("train 2 recipe", ("train.model", "train.metrics")),
     ("train 3 reports", ("train.degrade", "train.evaluate", "train.compare", "train.card", "train.measure_frame")),
     ("train 4 after training", ("train.calibrate", "train.int8", "train.export", "train.quantize",

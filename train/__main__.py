@@ -1,22 +1,29 @@
-"""Train the age, gender or multitask (backbone) model, or continue the backbone's campaign.
+"""``python -m train TASK ...`` trains a model; ``python -m train campaign ...`` continues the backbone campaign.
 
-    python -m train campaign --data-dir ../shared/data/utkface --data-dir ../shared/data/aaf \\
-                             --data-dir ../shared/data/lfw                  # start or continue (train/campaign.py)
-    python -m train multitask --data-dir ../shared/data/utkface --schedule 64:6,96:4
-    python -m train age    --data-dir ../shared/data/utkface --init campaign --freeze-blocks 2
-    python -m train gender --data-dir ../shared/data/utkface --init runs/multitask/model.keras --freeze-blocks 2
-    python -m train age --data-dir ... --resume          # continue an interrupted run from its last epoch
-
-See train/trainer.py for what is saved where.
+The options are parsed (and ``--help`` answered) by :mod:`train.options` before TensorFlow is imported, so a
+mistyped option or a help request answers at once; TensorFlow's start-up chatter is silenced.
 """
 
+import os
 import sys
 
-if __name__ == "__main__":
-    if sys.argv[1:2] == ["campaign"]:
+from train.options import build_campaign_parser, build_train_parser
+
+
+def main(argv: list[str]) -> int:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if argv[:1] == ["campaign"]:
+        from train.campaign_state import CAMPAIGN_DIR
+
+        build_campaign_parser(CAMPAIGN_DIR, CAMPAIGN_DIR.parent.parent / "runs" / "campaign").parse_args(argv[1:])
         from train.campaign import main as campaign
 
-        sys.exit(campaign(sys.argv[2:]))
-    from train.trainer import main
+        return campaign(argv[1:])
+    build_train_parser().parse_args(argv)
+    from train.trainer import main as train
 
-    sys.exit(main())
+    return train(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

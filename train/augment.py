@@ -23,8 +23,6 @@ from dataclasses import dataclass
 
 import tensorflow as tf
 
-AUGMENTATIONS = ("basic", "photo")
-
 
 @dataclass(frozen=True)
 class Photo:

@@ -45,57 +45,19 @@ from train.data import (
     labels,
     load_chips,
     load_or_make_split,
-    parse_dataset_weights,
     sources,
     with_masks,
 )
 from train.model import build_model, compile_args, set_precision
+from train.options import build_campaign_parser
 
 ROOT = Path(__file__).resolve().parent.parent
 #: Created in the run folder (``touch runs/campaign/STOP``), it ends the stretch after the chunk in progress.
 STOP_FILE = "STOP"
 
 
-def parse_stages(text: str) -> list[list[int]]:
-    """``"64:1800000,96:600000"`` -> [[64, 1800000], [96, 600000]]: input size and images per stage."""
-    stages = []
-    for part in text.split(","):
-        size, _, images = part.partition(":")
-        stages.append([int(size), int(images)])
-    if not stages or any(s < 32 or n < 1 for s, n in stages):
-        raise ValueError(f"bad stages {text!r}: expected SIZE:IMAGES[,SIZE:IMAGES...], size >= 32")
-    return stages
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m train campaign", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data-dir", type=Path, action="append",
-                   help="a dataset folder (repeat); default: the folders the campaign was started with")
-    p.add_argument("--split-dir", type=Path, action="append",
-                   help="split folder of each --data-dir, in the same order (default train/splits/<dataset>)")
-    p.add_argument("--hours", type=float, help="stop after the chunk that passes this many hours")
-    p.add_argument("--until-images", type=int, help="stop once the campaign has seen this many images")
-    p.add_argument("--precision", choices=("auto", "bfloat16", "float32"), default="auto")
-    p.add_argument("--save-every", type=float, default=180.0,
-                   help="seconds between checkpoints within a chunk (a chunk's end always saves)")
-    p.add_argument("--folder", type=Path, default=cs.CAMPAIGN_DIR, help="the campaign's committed state")
-    p.add_argument("--run-dir", type=Path, default=ROOT / "runs" / "campaign",
-                   help="where the live monitor's progress.json goes")
-    p.add_argument("--no-cache", action="store_true", help="do not cache decoded chips in .cache/")
-    new = p.add_argument_group("a new campaign (ignored when one exists in --folder)")
-    new.add_argument("--stages", type=parse_stages, default=None, help="SIZE:IMAGES,... (default 64:1800000,"
-                     "96:600000)")
-    new.add_argument("--dataset-weights", type=parse_dataset_weights,
-                     help="NAME=WEIGHT,... share of each dataset (default: proportional to its training images)")
-    new.add_argument("--age-balance", type=float, default=0.5, help="0..1, as python -m train --age-balance")
-    new.add_argument("--chunk-images", type=int, default=6400)
-    new.add_argument("--batch-size", type=int, default=64)
-    new.add_argument("--lr", type=float, default=1e-3)
-    new.add_argument("--augment", default="photo")
-    new.add_argument("--limit", type=int, help="only N training and N//4 validation images per dataset (tests)")
-    new.add_argument("--seed", type=int, default=20261206)
-    return p
+    return build_campaign_parser(cs.CAMPAIGN_DIR, ROOT / "runs" / "campaign")
 
 
 def main(argv: list[str] | None = None) -> int:

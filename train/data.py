@@ -15,7 +15,6 @@ split. The split is seeded, stratified by age bucket x gender, and saved as thre
 
 from __future__ import annotations
 
-import argparse
 import csv
 import hashlib
 import math
@@ -32,6 +31,7 @@ from core.crop import crop_face
 from core.image import load_image
 from core.vggface import preprocess_input
 from train import landmark_store
+from train.options import AUGMENTATIONS
 
 UTKFACE, AAF = "utkface", "aaf"
 NAME_RE = re.compile(r"^(\d{1,3})_([01])_([0-4])_(\d+)\.jpg\.chip\.jpg$")
@@ -500,21 +500,6 @@ def make_dataset(images: np.ndarray, targets, *, batch_size: int, training: bool
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
-def parse_dataset_weights(text: str) -> dict[str, float]:
-    """``"utkface=1,aaf=2"`` -> {"utkface": 1.0, "aaf": 2.0}."""
-    out = {}
-    for part in text.split(","):
-        name, _, value = part.partition("=")
-        try:
-            weight = float(value)
-        except ValueError:
-            weight = None
-        if not name.strip() or weight is None:
-            raise argparse.ArgumentTypeError(f"bad dataset weights {text!r}: expected NAME=WEIGHT[,NAME=WEIGHT...]")
-        out[name.strip()] = weight
-    return out
-
-
 def dataset_weights(sizes: Mapping[str, int], weights: Mapping[str, float] | None = None) -> dict[str, float]:
     """Sampling shares per dataset, summing to 1. Default: proportional to size (each image about once per
     epoch). Raises ``ValueError`` for unknown or missing names, negative weights or an all-zero sum."""
@@ -551,10 +536,9 @@ def make_mixed_dataset(parts: Mapping[str, tuple[np.ndarray, object]], *, batch_
     """
     import tensorflow as tf
 
-    from train import augment as aug
 
-    if augment not in (*aug.AUGMENTATIONS, "none"):
-        raise ValueError(f"unknown augmentation {augment!r}; expected one of {aug.AUGMENTATIONS} or 'none'")
+    if augment not in (*AUGMENTATIONS, "none"):
+        raise ValueError(f"unknown augmentation {augment!r}; expected one of {AUGMENTATIONS} or 'none'")
     names = list(parts)
     sizes = {k: len(parts[k][0]) for k in names}
     if not names or min(sizes.values()) == 0:

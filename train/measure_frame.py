@@ -10,24 +10,29 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
+import sys
 
 import numpy as np
 
 from core.detect import detect_faces
 from core.image import load_image
+from train.options import HelpFormatter, folder, plain, positive_int
 
 NAMES = ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right")
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data-dir", type=Path, required=True)
-    parser.add_argument("--n", type=int, default=2000, help="number of chips sampled (seeded)")
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m train.measure_frame", description=plain(__doc__),
+                                     formatter_class=HelpFormatter)
+    parser.add_argument("--data-dir", type=folder, required=True)
+    parser.add_argument("--n", type=positive_int, default=2000, help="number of chips sampled (seeded)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
 
     files = sorted(args.data_dir.glob("*.jpg"))
+    if not files:
+        print(f"error: no .jpg chips in {args.data_dir}", file=sys.stderr)
+        return 2
     rng = np.random.default_rng(args.seed)
     picked = rng.choice(len(files), size=min(args.n, len(files)), replace=False)
     points, missed = [], 0
@@ -51,7 +56,8 @@ def main(argv: list[str] | None = None) -> None:
                 for k, n in enumerate(NAMES)},
     }
     print(json.dumps(report, indent=2))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

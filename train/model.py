@@ -11,12 +11,12 @@ from keras import layers
 
 from core.models import bf16_policy_available
 from core.vggface import build_vggface_vgg16
+from train.options import TASKS
 
 #: Age targets are standardised inside the model: the head predicts z, the model outputs years.
 AGE_MEAN = 33.0
 AGE_STD = 20.0
 
-TASKS = ("multitask", "age", "gender")
 
 
 def build_model(task: str, *, input_size: int | None = None, batch_norm: bool = True,

@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -37,7 +36,6 @@ import numpy as np
 
 from core.models import DEFAULT_MODELS_DIR
 from core.vggface import load_vggface_weights
-from train.augment import AUGMENTATIONS
 from train.callbacks import BestWeights, EpochInfo, PerDatasetValidation, ProgressFile, SaveState
 from train.campaign_state import CAMPAIGN_DIR, load_checkpoint, read_plan, set_model_weights
 from train.data import (
@@ -50,11 +48,10 @@ from train.data import (
     load_or_make_split,
     make_dataset,
     make_mixed_dataset,
-    parse_dataset_weights,
+    scan,
     sources,
 )
 from train.model import (
-    TASKS,
     build_model,
     compile_args,
     copy_weights_by_name,
@@ -62,84 +59,13 @@ from train.model import (
     is_keras_model_h5,
     set_precision,
 )
+from train.options import build_train_parser, parse_schedule
 from train.publish import export, publish_history
 
 ROOT = Path(__file__).resolve().parent.parent
 
-def parse_schedule(text: str) -> list[tuple[int, int]]:
-    """``"64:6,96:4"`` -> [(64, 6), (96, 4)]: input size and epochs per phase (progressive resizing)."""
-    phases = []
-    for part in text.split(","):
-        size, _, epochs = part.partition(":")
-        phases.append((int(size), int(epochs)))
-    if not phases or any(s < 32 or e < 1 for s, e in phases):
-        raise ValueError(f"bad schedule {text!r}: expected SIZE:EPOCHS[,SIZE:EPOCHS...], size >= 32")
-    return phases
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m train", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("task", choices=TASKS)
-    p.add_argument("--data-dir", type=Path, action="append", required=True,
-                   help="a dataset folder: UTKFace chips, All-Age-Faces crops, or any folder of images with a "
-                        "labels.csv (file,age,gender[,race]); repeat to train on several")
-    p.add_argument("--dataset-weights", type=parse_dataset_weights,
-                   help="NAME=WEIGHT,... sampling weight of each dataset (names: utkface, aaf, or a labels.csv "
-                        "folder's name). Default: proportional to each dataset's training images, i.e. every "
-                        "image about once per epoch as if the folders were one. Larger weights show a dataset's "
-                        "faces more often (a small folder of your own photos needs one to count), at the price "
-                        "of repeating them: a from-scratch network memorises repeated faces. An epoch is always "
-                        "as many images as all training sets hold together.")
-    p.add_argument("--augment", choices=AUGMENTATIONS, default="photo",
-                   help="photo (default): flip and crop jitter plus blur, low resolution, JPEG artefacts, colour, "
-                        "grayscale and occlusion, as faces in real photos; basic: flip, rotation, zoom, shift, "
-                        "brightness, contrast (the shipped models' recipe). See train/augment.py")
-    p.add_argument("--schedule", default="64:6,96:4",
-                   help="progressive resizing, SIZE:EPOCHS,...; the last size is the model's input size")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (AdamW, warm-up then cosine)")
-    p.add_argument("--warmup-epochs", type=float, default=1.0)
-    p.add_argument("--weight-decay", type=float, default=1e-4, help="AdamW decoupled weight decay")
-    p.add_argument("--init", default="scratch",
-                   help="scratch | campaign (the backbone campaign's weights in models/campaign, python -m "
-                        "train campaign) | vggface (rcmalli no-top weights from --vggface-weights) | PATH of a "
-                        "model.keras from an earlier run (e.g. the multitask backbone), of a shipped model .h5 "
-                        "(continue training it) or of an rcmalli .h5")
-    p.add_argument("--vggface-weights", default=os.environ.get("VGGFACE_WEIGHTS"),
-                   help="rcmalli_vggface_tf_notop_vgg16.h5 (or set VGGFACE_WEIGHTS)")
-    p.add_argument("--freeze-blocks", type=int, default=0, help="freeze VGG blocks 1..N")
-    p.add_argument("--crop", choices=("aligned", "chip"), default="aligned",
-                   help="aligned: each chip's face found by MTCNN and cropped onto the chip template, as the "
-                        "app does (default); chip: the chip as it is")
-    p.add_argument("--patience", type=int, default=4, help="early stopping patience (epochs, final size)")
-    p.add_argument("--run-dir", type=Path, help="default runs/<task>")
-    p.add_argument("--out-dir", type=Path,
-                   help="where age/gender models go (default: models/, the app's models; with --limit, a smoke "
-                        "run, RUN_DIR/models, so that it never replaces the shipped models unless asked)")
-    p.add_argument("--split-dir", type=Path, action="append",
-                   help="split folder of each --data-dir, in the same order (default train/splits/<dataset>)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its last epoch")
-    p.add_argument("--limit", type=int,
-                   help="use only N training and N//4 validation samples of each dataset (smoke runs)")
-    p.add_argument("--precision", choices=("auto", "bfloat16", "float32"), default="auto",
-                   help="auto: mixed_bfloat16 on a GPU and on a CPU with bf16 math where bf16 measured faster "
-                        "than float32 (core.models.bf16_policy_available), float32 elsewhere")
-    p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--until-epoch", type=int,
-                   help="stop once this many epochs of the schedule are done in all (with --resume: idempotent)")
-    p.add_argument("--max-epochs", type=int,
-                   help="stop after this many epochs in this invocation (continue later with --resume)")
-    p.add_argument("--epoch-images", type=int,
-                   help="images per epoch, drawn with --dataset-weights (default: as many as the training sets "
-                        "hold together); shorter epochs give a fine-tune more checkpoints and validations")
-    p.add_argument("--age-balance", type=float, default=0.0,
-                   help="0 (default) to 1: draw training images by 5-year age bin, each bin of n images shown in "
-                        "proportion to n**(1-B). 0 keeps each dataset's own age mix; 0.5 shows rare ages "
-                        "(children, the old) more often; 1 shows every bin equally often")
-    p.add_argument("--no-cache", action="store_true",
-                   help="do not cache decoded chips (nor computed landmarks) in .cache/")
-    return p
+    return build_train_parser()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -193,8 +119,13 @@ def train(args: argparse.Namespace) -> dict:
     through ``fit``, then the export (:func:`train.publish.export`); returns the run's configuration (the
     exported metadata for ``age``/``gender`` runs that finished)."""
     run_dir = args.run_dir or ROOT / "runs" / args.task
-    run_dir.mkdir(parents=True, exist_ok=True)
     log = print
+    for data_dir in args.data_dir:  # before anything is written: a folder of no dataset leaves no run folder
+        if not scan(data_dir)[0]:
+            raise ValueError(f"no labelled images in {data_dir}: expected UTKFace names "
+                             "([age]_[gender]_[race]_[date].jpg.chip.jpg), All-Age-Faces names "
+                             "([age]_[gender]_aaf_[number].jpg), or a labels.csv (file,age,gender)")
+    run_dir.mkdir(parents=True, exist_ok=True)
     if args.out_dir is None:
         args.out_dir = run_dir / "models" if args.limit else DEFAULT_MODELS_DIR
         if args.limit:
