@@ -144,7 +144,10 @@ class ProgressFile(keras.callbacks.Callback):
             self._write(force=True)
 
     def on_epoch_end(self, epoch, logs=None):
-        self.overhead = max(1.0, (time.perf_counter() - self.t_epoch) / max(self.train_seconds, 1e-9))
+        now = time.perf_counter()
+        if self.step == "training":  # no validation pass this epoch (the campaign validates every few chunks)
+            self.train_seconds = now - self.t_epoch
+        self.overhead = max(1.0, (now - self.t_epoch) / max(self.train_seconds, 1e-9))
         self._write(force=True)
 
     def on_train_end(self, logs=None):
