@@ -10,18 +10,24 @@ Bad input is a 4xx JSON error ``{"error": code, "detail": message}``, never a 50
 memory and never stored or logged.
 
 Admission is bounded: at most ``max_queue`` analyze requests are in flight or waiting at once (``--max-queue``,
-or the environment variable ``AGEGENDER_API_MAX_QUEUE``; default 32). A request over that bound is answered at
-once, before its body is read, with ``503 {"error": "busy", "detail": ...}`` and a ``Retry-After`` header, so
-an overload sheds requests explicitly instead of piling up bodies and decoded images in memory. Admitted
-requests are decoded and analysed on ``--workers`` threads of the app's own (AGEGENDER_API_WORKERS, default 1:
-the detector and the models run one image at a time behind their locks, so more threads add little but
-memory; see :func:`create_app`).
+or the environment variable ``AGEGENDER_API_MAX_QUEUE``; default 32), holding at most ``max_queue_mb`` MiB of
+request bodies together (``--max-queue-mb``, AGEGENDER_API_MAX_QUEUE_MB; default 64; a request alone is
+always admitted up to the 64 MiB limit). A request over either bound is answered at once with
+``503 {"error": "busy", "detail": ...}`` and a ``Retry-After`` header: before its body is read where it
+declares its length, else as soon as its body passes the budget. So an overload sheds requests explicitly
+instead of piling up bodies in memory. Waiting requests hold the photo as it was sent (compressed); it is
+decoded only by the thread that analyses it: admitted requests are decoded and analysed on ``--workers``
+threads of the app's own (AGEGENDER_API_WORKERS, default 1: the detector and the models run one image at a
+time behind their locks, so more threads add little but memory; see :func:`create_app`), and a photo of more
+than ``--max-megapixels`` (AGEGENDER_API_MAX_MEGAPIXELS; default 100, the library's limit) is refused by its
+header before it is decoded (400 ``invalid_image``). Decoding is the largest memory a single photo takes.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import io
 import os
 import threading
 from collections.abc import AsyncIterator
@@ -33,9 +39,12 @@ from typing import Any
 
 from fastapi import FastAPI, Query, Request
 from fastapi.responses import JSONResponse
+from PIL import Image
+from starlette.formparsers import MultiPartParser
 
+from core import memory
 from core.errors import InvalidImage, ModelNotFound
-from core.image import MAX_BYTES, load_image
+from core.image import MAX_BYTES, MAX_PIXELS, load_image
 from core.models import load_models
 from core.pipeline import DEFAULT_MIN_FACE_SIZE, DEFAULT_THRESHOLD, prepare
 from core.pipeline import analyze as analyze_image
@@ -47,6 +56,17 @@ MAX_REQUEST_BYTES = MAX_BYTES + 64 * 1024
 #: Analyze requests in flight or waiting at once, unless ``--max-queue`` or AGEGENDER_API_MAX_QUEUE says.
 DEFAULT_MAX_QUEUE = 32
 MAX_QUEUE_ENV = "AGEGENDER_API_MAX_QUEUE"
+
+#: MiB of request bodies in flight or waiting at once, unless ``--max-queue-mb`` or AGEGENDER_API_MAX_QUEUE_MB
+#: says (a body is a photo as sent, compressed: 32 photos of 2 MiB fit).
+DEFAULT_MAX_QUEUE_MB = 64
+MAX_QUEUE_MB_ENV = "AGEGENDER_API_MAX_QUEUE_MB"
+
+#: Largest photo decoded, in megapixels, unless ``--max-megapixels`` or AGEGENDER_API_MAX_MEGAPIXELS says: the
+#: library's own limit. Decoding takes about 14 bytes a pixel at its peak (docs/memory.md): on a 1 GB machine,
+#: 24 MP (340 MB) is a safer bound.
+DEFAULT_MAX_MEGAPIXELS = MAX_PIXELS // 1_000_000
+MAX_MEGAPIXELS_ENV = "AGEGENDER_API_MAX_MEGAPIXELS"
 
 #: Threads that decode and analyse images, unless ``--workers`` or AGEGENDER_API_WORKERS says.
 DEFAULT_WORKERS = 1
@@ -81,26 +101,72 @@ def error(status: int, code: str, detail: str, headers: dict[str, str] | None = 
 
 
 class Admission:
-    """A bound on the requests in flight or waiting: :meth:`try_enter` admits one if fewer than ``limit`` are
-    inside, else refuses at once (never waits). Thread-safe: requests may come from several event loops."""
+    """A bound on the requests in flight or waiting and on the bytes of their bodies: :meth:`try_enter` admits
+    one if fewer than ``limit`` are inside and its declared bytes fit ``max_bytes``, else refuses at once
+    (never waits); :meth:`try_grow` charges bytes that arrive beyond those declared. A request alone is never
+    refused for its bytes (the request size limit bounds it). Thread-safe: requests may come from several
+    event loops."""
 
-    def __init__(self, limit: int):
+    def __init__(self, limit: int, max_bytes: int = DEFAULT_MAX_QUEUE_MB * 2**20):
         if limit < 1:
             raise ValueError(f"the queue bound must be at least 1, not {limit}")
+        if max_bytes < 1:
+            raise ValueError(f"the queue's byte budget must be positive, not {max_bytes}")
         self.limit = limit
+        self.max_bytes = max_bytes
         self.inside = 0
+        self.bytes = 0
         self._lock = threading.Lock()
 
-    def try_enter(self) -> bool:
+    def try_enter(self, nbytes: int = 0) -> bool:
         with self._lock:
-            if self.inside >= self.limit:
+            if self.inside >= self.limit or (self.inside and self.bytes + nbytes > self.max_bytes):
                 return False
             self.inside += 1
+            self.bytes += nbytes
             return True
 
-    def leave(self) -> None:
+    def try_grow(self, nbytes: int) -> bool:
+        """Charge ``nbytes`` more to a request inside; False (nothing charged) where they do not fit."""
+        with self._lock:
+            if self.inside > 1 and self.bytes + nbytes > self.max_bytes:
+                return False
+            self.bytes += nbytes
+            return True
+
+    def leave(self, nbytes: int = 0) -> None:
+        """A request leaves, with the ``nbytes`` charged to it."""
         with self._lock:
             self.inside -= 1
+            self.bytes -= nbytes
+
+
+class Busy(Exception):
+    """A request's body outgrew the queue's byte budget while it arrived."""
+
+
+class TooLarge(Exception):
+    """A request's body passed :data:`MAX_REQUEST_BYTES` while it arrived."""
+
+
+class Charge:
+    """The bytes charged to one admitted request; :meth:`counted` charges a body's chunks as they arrive."""
+
+    def __init__(self, admission: Admission, declared: int):
+        self.admission = admission
+        self.bytes = declared
+        self.received = 0
+
+    async def counted(self, stream: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        async for chunk in stream:
+            self.received += len(chunk)
+            if self.received > MAX_REQUEST_BYTES:
+                raise TooLarge
+            if self.received > self.bytes:
+                if not self.admission.try_grow(self.received - self.bytes):
+                    raise Busy
+                self.bytes = self.received
+            yield chunk
 
 
 def _int_setting(value: int | None, env: str, default: int) -> int:
@@ -120,6 +186,22 @@ def max_queue_setting(value: int | None = None) -> int:
     return _int_setting(value, MAX_QUEUE_ENV, DEFAULT_MAX_QUEUE)
 
 
+def max_queue_mb_setting(value: int | None = None) -> int:
+    """``value``, else AGEGENDER_API_MAX_QUEUE_MB, else :data:`DEFAULT_MAX_QUEUE_MB`."""
+    mb = _int_setting(value, MAX_QUEUE_MB_ENV, DEFAULT_MAX_QUEUE_MB)
+    if mb < 1:
+        raise ValueError(f"the queue's byte budget must be at least 1 MiB, not {mb}")
+    return mb
+
+
+def max_megapixels_setting(value: int | None = None) -> int:
+    """``value``, else AGEGENDER_API_MAX_MEGAPIXELS, else :data:`DEFAULT_MAX_MEGAPIXELS`."""
+    mp = _int_setting(value, MAX_MEGAPIXELS_ENV, DEFAULT_MAX_MEGAPIXELS)
+    if mp < 1:
+        raise ValueError(f"the megapixel limit must be at least 1, not {mp}")
+    return mp
+
+
 def workers_setting(value: int | None = None) -> int:
     """``value``, else the environment variable AGEGENDER_API_WORKERS, else :data:`DEFAULT_WORKERS`."""
     workers = _int_setting(value, WORKERS_ENV, DEFAULT_WORKERS)
@@ -128,17 +210,44 @@ def workers_setting(value: int | None = None) -> int:
     return workers
 
 
-def decode_and_analyze(data: bytes, **options: Any) -> tuple[tuple[int, int], list[FaceResult]]:
-    """Decode the uploaded bytes and analyse them: ((width, height), faces)."""
+def check_megapixels(data: bytes, max_megapixels: int) -> None:
+    """Refuse (:class:`InvalidImage`) a photo of more than ``max_megapixels`` by its header, before decoding it;
+    what is not a readable header is left to :func:`core.image.load_image` to report."""
+    try:
+        w, h = Image.open(io.BytesIO(data)).size
+    except Exception:  # noqa: BLE001 - load_image says what is wrong with it
+        return
+    if w * h > max_megapixels * 1_000_000:
+        raise InvalidImage(f"the uploaded image is {w}x{h} = {w * h / 1e6:.0f} megapixels; this server takes at most "
+                           f"{max_megapixels}. Resize the photo first.")
+
+
+def decode_and_analyze(data: bytes, *, max_megapixels: int = DEFAULT_MAX_MEGAPIXELS,
+                       **options: Any) -> tuple[tuple[int, int], list[FaceResult]]:
+    """Decode the uploaded bytes (at most ``max_megapixels``) and analyse them: ((width, height), faces)."""
+    if max_megapixels < DEFAULT_MAX_MEGAPIXELS:
+        check_megapixels(data, max_megapixels)
     rgb = load_image(data, name="the uploaded image")
     return (int(rgb.shape[1]), int(rgb.shape[0])), analyze_image(rgb, **options)
 
 
+def analyze_and_trim(data: bytes, **options: Any) -> tuple[tuple[int, int], list[FaceResult]]:
+    """:func:`decode_and_analyze`, then the memory its photo took handed back to the system
+    (:func:`core.memory.trim`, about 1 ms): the server's RSS stays at its floor between photos."""
+    try:
+        return decode_and_analyze(data, **options)
+    finally:
+        memory.trim()
+
+
 def create_app(models_dir: str | Path | None = None, *, max_queue: int | None = None,
-               workers: int | None = None) -> FastAPI:
+               workers: int | None = None, max_queue_mb: int | None = None,
+               max_megapixels: int | None = None) -> FastAPI:
     """The API on the models in ``models_dir`` (default: ``models/`` or AGEGENDER_MODELS_DIR), admitting at
-    most ``max_queue`` analyze requests at once (default: :func:`max_queue_setting`), decoding and analysing
-    them on ``workers`` threads of its own (default: :func:`workers_setting`).
+    most ``max_queue`` analyze requests (default: :func:`max_queue_setting`) with at most ``max_queue_mb`` MiB
+    of bodies (default: :func:`max_queue_mb_setting`) at once, decoding and analysing them on ``workers``
+    threads of its own (default: :func:`workers_setting`), photos of at most ``max_megapixels`` (default:
+    :func:`max_megapixels_setting`).
 
     Why threads of its own: the detector and the models run one image at a time anyway (each behind a lock),
     and every thread that decodes and analyses photos keeps a malloc arena of its own with hundreds of MB
@@ -147,7 +256,8 @@ def create_app(models_dir: str | Path | None = None, *, max_queue: int | None = 
     overlap one image's decoding and cropping with another's detection or model call) stayed under 2.2 GB
     but moved between 1.7 and 2.1 GB (``python -m bench.load``, README).
     """
-    admission = Admission(max_queue_setting(max_queue))
+    admission = Admission(max_queue_setting(max_queue), max_queue_mb_setting(max_queue_mb) * 2**20)
+    megapixels = max_megapixels_setting(max_megapixels)
     executor = ThreadPoolExecutor(max_workers=workers_setting(workers), thread_name_prefix="analyze")
 
     @asynccontextmanager
@@ -175,21 +285,25 @@ def create_app(models_dir: str | Path | None = None, *, max_queue: int | None = 
         threshold: float = Query(DEFAULT_THRESHOLD, ge=0.0, le=1.0),
         align: bool = Query(True),
     ):
-        declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > MAX_REQUEST_BYTES:
-            return error(413, "too_large", f"request is {int(declared) / 2**20:.1f} MiB; the limit is "
-                                           f"{MAX_BYTES // 2**20} MiB")
-        # Admitted before the body is read: a refused request costs no body and no decoded image.
-        if not admission.try_enter():
-            return error(503, "busy", f"{admission.limit} requests are already in flight or waiting; retry in "
-                                      f"{RETRY_AFTER_S} s", headers={"Retry-After": str(RETRY_AFTER_S)})
+        header = request.headers.get("content-length", "")
+        declared = int(header) if header.isdigit() else 0
+        if declared > MAX_REQUEST_BYTES:
+            return too_large(declared)
+        # Admitted before the body is read where it declares its length: a refused request costs no body.
+        if not admission.try_enter(declared):
+            return busy(admission)
+        charge = Charge(admission, declared)
         try:
-            return await _analyze(request, min_face_size, threshold, align)
+            return await _analyze(request, charge, min_face_size, threshold, align)
+        except Busy:
+            return busy(admission)
+        except TooLarge:
+            return too_large(charge.received)
         finally:
-            admission.leave()
+            admission.leave(charge.bytes)
 
-    async def _analyze(request: Request, min_face_size: int, threshold: float, align: bool):
-        data = await _read_image_bytes(request)
+    async def _analyze(request: Request, charge: Charge, min_face_size: int, threshold: float, align: bool):
+        data = await _read_image_bytes(request, charge)
         if isinstance(data, JSONResponse):
             return data
         try:
@@ -198,8 +312,8 @@ def create_app(models_dir: str | Path | None = None, *, max_queue: int | None = 
             models = await asyncio.to_thread(prepare, models_dir)
         except ModelNotFound as exc:
             return error(503, "models_missing", str(exc))
-        work = partial(decode_and_analyze, data, min_face_size=min_face_size, threshold=threshold, align=align,
-                       models=models)
+        work = partial(analyze_and_trim, data, max_megapixels=megapixels, min_face_size=min_face_size,
+                       threshold=threshold, align=align, models=models)
         try:
             (width, height), faces = await asyncio.get_running_loop().run_in_executor(executor, work)
         except InvalidImage as exc:
@@ -209,23 +323,39 @@ def create_app(models_dir: str | Path | None = None, *, max_queue: int | None = 
     return app
 
 
-async def _read_image_bytes(request: Request) -> bytes | JSONResponse:
+def busy(admission: Admission) -> JSONResponse:
+    return error(503, "busy", f"{admission.limit} requests or {admission.max_bytes / 2**20:.0f} MiB of photos are "
+                              f"already in flight or waiting; retry in {RETRY_AFTER_S} s",
+                 headers={"Retry-After": str(RETRY_AFTER_S)})
+
+
+def too_large(nbytes: int) -> JSONResponse:
+    return error(413, "too_large", f"request is {nbytes / 2**20:.1f} MiB; the limit is {MAX_BYTES // 2**20} MiB")
+
+
+async def _read_image_bytes(request: Request, charge: Charge) -> bytes | JSONResponse:
+    """The photo's bytes from a multipart field ``image`` or the raw body, charged to the queue's byte budget
+    as they arrive (:class:`Busy`, :class:`TooLarge` past the budget or the size limit)."""
     content_type = request.headers.get("content-type", "")
     if content_type.startswith("multipart/form-data"):
+        parser = MultiPartParser(request.headers, charge.counted(request.stream()), max_part_size=MAX_REQUEST_BYTES)
         try:
-            form = await request.form(max_part_size=MAX_REQUEST_BYTES)
+            form = await parser.parse()
+        except (Busy, TooLarge):
+            raise
         except Exception as exc:  # noqa: BLE001 - a malformed multipart body is the client's error
             return error(400, "bad_request", f"could not parse the multipart body: {exc}")
         upload = form.get("image")
-        if upload is None or isinstance(upload, str):
-            return error(400, "missing_image", "send the photo as the multipart file field 'image'")
-        data = await upload.read(MAX_REQUEST_BYTES + 1)
+        try:
+            if upload is None or isinstance(upload, str):
+                return error(400, "missing_image", "send the photo as the multipart file field 'image'")
+            data = await upload.read(MAX_REQUEST_BYTES + 1)
+        finally:
+            await form.close()
     else:
         data = bytearray()
-        async for chunk in request.stream():
+        async for chunk in charge.counted(request.stream()):
             data += chunk
-            if len(data) > MAX_REQUEST_BYTES:
-                break
         data = bytes(data)
     if len(data) > MAX_BYTES:
         return error(413, "too_large", f"the image is larger than {MAX_BYTES // 2**20} MiB")
@@ -251,6 +381,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-queue", type=_positive_int,
                         help=f"analyze requests in flight or waiting before new ones get 503 busy (default: "
                              f"{MAX_QUEUE_ENV} or {DEFAULT_MAX_QUEUE})")
+    parser.add_argument("--max-queue-mb", type=_positive_int,
+                        help=f"MiB of photos in flight or waiting before new ones get 503 busy (default: "
+                             f"{MAX_QUEUE_MB_ENV} or {DEFAULT_MAX_QUEUE_MB})")
+    parser.add_argument("--max-megapixels", type=_positive_int,
+                        help=f"largest photo decoded (default: {MAX_MEGAPIXELS_ENV} or {DEFAULT_MAX_MEGAPIXELS})")
     parser.add_argument("--workers", type=_positive_int,
                         help=f"threads that decode and analyse images (default: {WORKERS_ENV} or {DEFAULT_WORKERS})")
     return parser
@@ -260,7 +395,8 @@ def main(argv: list[str] | None = None) -> None:
     import uvicorn
 
     args = build_parser().parse_args(argv)
-    app = create_app(args.models_dir, max_queue=args.max_queue, workers=args.workers)
+    app = create_app(args.models_dir, max_queue=args.max_queue, workers=args.workers, max_queue_mb=args.max_queue_mb,
+                     max_megapixels=args.max_megapixels)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
 
 

@@ -65,6 +65,11 @@ AGE_CURVE_LAYERS = ("age_years", "age_hinges", "age_curve_in")
 #: Layers that stay float32 when inference runs in bfloat16 (the outputs, and the age calibration curve).
 FLOAT32_LAYERS = ("age_dense", *AGE_CURVE_LAYERS, "age", "gender", "race")
 
+#: Faces per call of the networks (:meth:`AgeGenderModels.predict`): a runtime keeps buffers for the largest
+#: batch it has run, so a photo with many faces goes through a few at a time (docs/memory.md). The outputs
+#: do not depend on the batch they ran in.
+MAX_FACES_PER_CALL = 8
+
 
 def precision_override() -> str | None:
     """``AGEGENDER_PRECISION`` when it names a precision (``float32``/``bfloat16``/``int8``), else None
@@ -421,7 +426,12 @@ class AgeGenderModels:
         faces = {task: crops[size] for task, size in self.input_sizes.items()}
         if len(faces["age"]) == 0:
             return Predictions(np.zeros(0, np.float32), np.zeros(0, np.float32))
-        out = self.networks.run(faces, self.flip)
+        parts = []
+        for start in range(0, len(faces["age"]), MAX_FACES_PER_CALL):
+            views: dict[int, np.ndarray] = {}  # one slice per array: tasks sharing faces share the trunk's call
+            parts.append(self.networks.run({task: views.setdefault(id(x), x[start:start + MAX_FACES_PER_CALL])
+                                            for task, x in faces.items()}, self.flip))
+        out = {task: np.concatenate([part[task] for part in parts]) for task in parts[0]}
         return Predictions(np.asarray(out["age"], np.float64),
                            np.clip(np.asarray(out["gender"], np.float64), 0.0, 1.0))
 

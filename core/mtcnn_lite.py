@@ -31,6 +31,7 @@ import cv2
 import numpy as np
 
 from core import lite
+from core import pnet_canvas as canvas
 from core.hardware import cpu_threads, import_tensorflow
 
 #: The networks in stage order, the side of the square patches RNet and ONet take (PNet takes whole pyramid
@@ -39,6 +40,12 @@ from core.hardware import cpu_threads, import_tensorflow
 NETS = ("pnet", "rnet", "onet")
 PATCH = {"pnet": None, "rnet": 24, "onet": 48}
 OUTPUT_WIDTHS = {"pnet": (4, 2), "rnet": (4, 2), "onet": (4, 10, 2)}
+#: Patches per RNet and ONet call: their interpreters' shapes stay a few buckets (8 to 256, 8 to 64) however
+#: many proposals a photo has, and so do the patches in memory (ONet's first activations at 256 patches alone
+#: would take 69 MB).
+MAX_BATCH = {"pnet": None, "rnet": 256, "onet": 64}
+#: What :func:`convert` makes of each network beyond the package's (part of its cache name): PNet takes a mask.
+FORM = {"pnet": "-masked", "rnet": "", "onet": ""}
 
 #: mtcnn 1.0's defaults for the stages' thresholds, as ``MTCNN.detect_faces`` passes them.
 PYRAMID_FACTOR = 0.709
@@ -55,19 +62,22 @@ class LiteNet:
     RNet and ONet see a few dozen small patches per photo, where a ``tf.function`` call costs about 2-3 ms
     of fixed overhead each, more than the arithmetic; a LiteRT call costs a fraction of a millisecond.
 
-    ``patch=None`` (PNet): input ``(1, H, W, 3)``, one interpreter per input shape. ``patch=S`` (RNet, ONet):
-    input ``(N, S, S, 3)``; N is padded up to a bucket (:meth:`bucket`) so a few interpreters serve every N,
-    and the padding rows are dropped from the outputs. At most :attr:`max_shapes` interpreters are kept
-    (least recently used dropped): setting one up costs about twice its run.
+    ``patch=None`` (PNet): input ``(1, H, W, 3)`` and, as :func:`convert` makes PNet, a mask added to its
+    first activations (``(1, H - 2, W - 2, 1)``, zeros when not given; see :mod:`core.pnet_canvas`), one
+    interpreter per input shape. ``patch=S`` (RNet, ONet): input ``(N, S, S, 3)``, run ``max_batch`` rows at
+    a time where set; N is padded up to a bucket (:meth:`bucket`) so a few interpreters serve every N, and
+    the padding rows are dropped from the outputs. At most :attr:`max_shapes` interpreters are kept (least
+    recently used dropped): each holds buffers for its shape, and setting one up costs about twice its run.
     """
 
-    max_shapes = 48  # PNet: the pyramids of about three photo sizes (240p and 720p together need 37)
+    max_shapes = 12  # PNet's canvas heights (core.pnet_canvas: 8), RNet's and ONet's buckets (6 and 4)
 
     def __init__(self, flatbuffer: bytes, widths: tuple[int, ...], *, patch: int | None = None,
-                 threads: int | None = None) -> None:
+                 threads: int | None = None, max_batch: int | None = None) -> None:
         self.flatbuffer = flatbuffer
         self.widths = widths
         self.patch = patch
+        self.max_batch = max_batch
         self._threads = threads or cpu_threads()
         self._interpreters: OrderedDict[tuple[int, ...], tuple] = OrderedDict()
 
@@ -86,26 +96,34 @@ class LiteNet:
         from ai_edge_litert.interpreter import Interpreter
 
         interpreter = Interpreter(model_content=self.flatbuffer, num_threads=self._threads)
-        index = interpreter.get_input_details()[0]["index"]
-        interpreter.resize_tensor_input(index, list(shape))
+        inputs = sorted(interpreter.get_input_details(), key=lambda d: -int(d["shape"][-1]))  # image, then mask
+        interpreter.resize_tensor_input(inputs[0]["index"], list(shape))
+        if len(inputs) > 1:
+            interpreter.resize_tensor_input(inputs[1]["index"], [shape[0], shape[1] - 2, shape[2] - 2, 1])
         interpreter.allocate_tensors()
         # Outputs differ in width: match LiteRT's outputs to the package's order by width.
         by_width = {int(d["shape"][-1]): d["index"] for d in interpreter.get_output_details()}
-        entry = (interpreter, index, [by_width[w] for w in self.widths])
+        entry = (interpreter, [d["index"] for d in inputs], [by_width[w] for w in self.widths])
         self._interpreters[shape] = entry
         if len(self._interpreters) > self.max_shapes:
             self._interpreters.popitem(last=False)
         return entry
 
-    def __call__(self, images: np.ndarray) -> list[np.ndarray]:
+    def __call__(self, images: np.ndarray, mask: np.ndarray | None = None) -> list[np.ndarray]:
         x = np.asarray(images, np.float32)
         n = len(x)
+        if self.patch is not None and self.max_batch and n > self.max_batch:
+            parts = [self(x[i:i + self.max_batch]) for i in range(0, n, self.max_batch)]
+            return [np.concatenate(outputs) for outputs in zip(*parts, strict=True)]
         if self.patch is not None:
             size = self.bucket(n)
             if size != n:
                 x = np.concatenate([x, np.zeros((size - n, *x.shape[1:]), np.float32)])
-        interpreter, index, outputs = self._interpreter(tuple(x.shape))
-        interpreter.set_tensor(index, x)
+        interpreter, inputs, outputs = self._interpreter(tuple(x.shape))
+        interpreter.set_tensor(inputs[0], x)
+        if len(inputs) > 1:
+            interpreter.set_tensor(inputs[1], np.zeros((n, x.shape[1] - 2, x.shape[2] - 2, 1), np.float32)
+                                   if mask is None else np.asarray(mask, np.float32))
         interpreter.invoke()
         return [interpreter.get_tensor(i)[:n] for i in outputs]  # get_tensor copies; padding rows dropped
 
@@ -135,9 +153,11 @@ def tensorflow_version() -> str:
 
 def cache_name(net: str = "pnet") -> str:
     """The cache file name of one network's LiteRT flatbuffer: the mtcnn and TensorFlow (converter)
-    versions and a hash of the network's weights, so a new mtcnn or TensorFlow converts again."""
+    versions, the network's form (:data:`FORM`) and a hash of its weights, so a new mtcnn or TensorFlow
+    converts again."""
     digest = hashlib.sha256(weights_path(net).read_bytes()).hexdigest()[:16]
-    return f"mtcnn-{importlib.metadata.version('mtcnn')}-{net}-{digest}-tf{tensorflow_version()}.tflite"
+    version = importlib.metadata.version("mtcnn")
+    return f"mtcnn-{version}-{net}{FORM[net]}-{digest}-tf{tensorflow_version()}.tflite"
 
 
 def new_mtcnn():
@@ -160,11 +180,25 @@ def new_mtcnn():
 
 
 def convert(keras_net, patch: int | None) -> bytes:
-    """A LiteRT flatbuffer of one of the package's Keras networks (imports TensorFlow)."""
+    """A LiteRT flatbuffer of one of the package's Keras networks (imports TensorFlow).
+
+    PNet (``patch=None``) gets a second input, a mask added to its first activations (after the PReLU, before
+    the pooling), which lets :mod:`core.pnet_canvas` run many pyramid tiles in one call; a zero mask gives
+    the package's network."""
     import tensorflow as tf
 
-    spec = tf.TensorSpec([1, None, None, 3] if patch is None else [None, patch, patch, 3], tf.float32)
-    return lite.convert(tf.function(lambda x: keras_net(x), input_signature=[spec]))
+    if patch is not None:
+        spec = tf.TensorSpec([None, patch, patch, 3], tf.float32)
+        return lite.convert(tf.function(lambda x: keras_net(x), input_signature=[spec]))
+    n = keras_net  # mtcnn 1.0's PNet: conv1, prelu1, maxpool1, conv2, prelu2, conv3, prelu3, conv4_1, conv4_2
+
+    def masked(x, mask):
+        y = n.maxpool1(n.prelu1(n.conv1(x)) + mask)
+        y = n.prelu3(n.conv3(n.prelu2(n.conv2(y))))
+        return n.conv4_1(y), n.conv4_2(y)
+
+    specs = [tf.TensorSpec([1, None, None, 3], tf.float32), tf.TensorSpec([1, None, None, 1], tf.float32)]
+    return lite.convert(tf.function(masked, input_signature=specs))
 
 
 def load_nets(threads: int | None = None) -> dict[str, LiteNet]:
@@ -177,7 +211,7 @@ def load_nets(threads: int | None = None) -> dict[str, LiteNet]:
         return convert(keras_nets[net], PATCH[net])
 
     return {net: LiteNet(lite.cached_flatbuffer(cache_name(net), lambda net=net: make(net)), OUTPUT_WIDTHS[net],
-                         patch=PATCH[net], threads=threads) for net in NETS}
+                         patch=PATCH[net], threads=threads, max_batch=MAX_BATCH[net]) for net in NETS}
 
 
 # --- The stages --------------------------------------------------------------------------------------------
@@ -288,19 +322,31 @@ def crop_and_resize(image: np.ndarray, rows: np.ndarray, size: int) -> np.ndarra
     return patches.reshape(n, size, size, image.shape[2]).astype(np.float32)
 
 
+def pnet_maps(levels: list[np.ndarray], net: LiteNet) -> list[list[np.ndarray]]:
+    """PNet's outputs (regression (rows, cols, 4), probability (rows, cols, 2)) on each pyramid level, as on
+    the level alone, computed on the few canvas shapes of :mod:`core.pnet_canvas`."""
+    maps = [[np.empty((canvas.output_size(h), canvas.output_size(w), k), np.float32) for k in OUTPUT_WIDTHS["pnet"]]
+            for h, w in (level.shape[:2] for level in levels)]
+    for sheet in canvas.pack([level.shape[:2] for level in levels]):
+        canvas.outputs(sheet, net(canvas.image(sheet, levels), canvas.mask(sheet)), maps)
+    return maps
+
+
 def stage_pnet(image: np.ndarray, net: LiteNet, min_face_size: float) -> np.ndarray:
     """Proposals: PNet on every pyramid level, each level's boxes suppressed, then all together, squared."""
     h, w = image.shape[:2]
-    found = []
+    scales, levels = [], []
     for scale in scale_pyramid(h, w, min_face_size):
         sh, sw = (np.asarray([h, w]) * scale).astype(int)  # as tf.image.resize truncates the float size
         if sh < PNET_WINDOW or sw < PNET_WINDOW:
             continue  # PNet has nothing to scan (the package fails on such a level; core never asks for one)
-        level = cv2.resize(image, (int(sw), int(sh)), interpolation=cv2.INTER_AREA)  # = TF's area resize
-        regression, probability = net(level[None])
-        score = probability[0, :, :, 1]
+        scales.append(scale)
+        levels.append(cv2.resize(image, (int(sw), int(sh)), interpolation=cv2.INTER_AREA))  # = TF's area resize
+    found = []
+    for scale, (regression, probability) in zip(scales, pnet_maps(levels, net), strict=True):
+        score = probability[:, :, 1]
         ys, xs = np.nonzero(score > THRESHOLD_PNET)
-        reg = regression[0, ys, xs].astype(np.float64)
+        reg = regression[ys, xs].astype(np.float64)
         # The package's cell: top-left at 2 * index + 1, bottom-right at 2 * index + 12, so 11 px wide.
         x1, y1 = xs * 2 + 1, ys * 2 + 1
         x2, y2 = xs * 2 + PNET_WINDOW, ys * 2 + PNET_WINDOW
@@ -315,9 +361,16 @@ def stage_pnet(image: np.ndarray, net: LiteNet, min_face_size: float) -> np.ndar
     return to_square(suppress(rows, NMS_PNET))
 
 
+def run_patches(image: np.ndarray, rows: np.ndarray, net: LiteNet) -> list[np.ndarray]:
+    """``net`` on its patches of the boxes ``rows``, cut and run ``net.max_batch`` boxes at a time."""
+    step = net.max_batch or max(1, len(rows))
+    parts = [net(crop_and_resize(image, rows[i:i + step], net.patch)) for i in range(0, len(rows), step)]
+    return [np.concatenate(outputs) for outputs in zip(*parts, strict=True)]
+
+
 def stage_rnet(image: np.ndarray, rows: np.ndarray, net: LiteNet) -> np.ndarray:
     """Refinement: RNet on 24 px patches of the proposals; its confidence replaces PNet's."""
-    offsets, probability = net(crop_and_resize(image, rows, PATCH["rnet"]))
+    offsets, probability = run_patches(image, rows, net)
     rows = rows.copy()
     rows[:, 5] = probability[:, -1]
     rows = refine(rows, offsets)
@@ -327,7 +380,7 @@ def stage_rnet(image: np.ndarray, rows: np.ndarray, net: LiteNet) -> np.ndarray:
 
 def stage_onet(image: np.ndarray, rows: np.ndarray, net: LiteNet, threshold: float) -> np.ndarray:
     """Output: ONet on 48 px patches; boxes, confidence and five landmarks (mapped onto the box it saw)."""
-    offsets, marks, probability = net(crop_and_resize(image, rows, PATCH["onet"]))
+    offsets, marks, probability = run_patches(image, rows, net)
     marks = marks.astype(np.float64)
     w = rows[:, 3:4] - rows[:, 1:2] + 1
     h = rows[:, 4:5] - rows[:, 2:3] + 1

@@ -2,7 +2,8 @@
 
 import streamlit as st
 
-from ui.view import analyze_and_show, loading_status, page, sidebar_settings, start_loading
+from core.image import MAX_BYTES
+from ui.view import analyze_and_show, loading_status, page, photo_page, sidebar_settings, start_loading
 
 page("Photo upload", "🖼️")
 st.title("Photo upload")
@@ -10,13 +11,13 @@ loader = start_loading()
 settings = sidebar_settings()
 
 files = st.file_uploader("Photos (JPEG, PNG, WebP or BMP)", type=["jpg", "jpeg", "png", "webp", "bmp"],
-                         accept_multiple_files=True)
+                         accept_multiple_files=True, max_upload_size=MAX_BYTES // 2**20)
 if not files:
     follow_loading = loading_status(loader)
     st.info("Choose one or more photos to analyse.")
     follow_loading()
     st.stop()
 
-for i, f in enumerate(files):
-    analyze_and_show(f.name, f.getvalue(), settings, key=f"upload-{i}")
+for i in photo_page(len(files)):
+    analyze_and_show(files[i].name, files[i].getvalue(), settings, key=f"upload-{i}")
     st.divider()

@@ -127,6 +127,99 @@ def test_full_queue_answers_503_busy_json_with_retry_after(tiny_models, astronau
     assert client.post("/v1/analyze", content=astronaut_jpeg).status_code == 200
 
 
+def noise_png(side: int, seed: int = 0) -> bytes:
+    """A PNG of random pixels: as many bytes as pixels x 3, whatever the compression."""
+    from conftest import encode
+
+    return encode(np.random.default_rng(seed).integers(0, 256, (side, side, 3), np.uint8), "PNG")
+
+
+def blocked_analysis(monkeypatch):
+    """Make the analysis wait until released: (started, release) events."""
+    import threading
+
+    import core.api
+
+    real = core.api.analyze_image
+    started, release = threading.Event(), threading.Event()
+
+    def slow_analysis(*args, **kwargs):
+        started.set()
+        assert release.wait(120), "the test never released the analysis"
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(core.api, "analyze_image", slow_analysis)
+    return started, release
+
+
+def test_queue_of_large_photos_stays_within_its_byte_budget(tiny_models, monkeypatch):
+    """With room for 32 requests but 4 MiB of bodies, 1.1 MB photos sent while the first is analysed: those
+    that fit wait (3 in all), the others get 503 busy at once; the bodies held never pass the budget, and
+    every admitted photo is answered."""
+    import time
+
+    photo = noise_png(600)
+    assert 1.05e6 < len(photo) < 1.15e6
+    started, release = blocked_analysis(monkeypatch)
+    app = create_app(tiny_models, max_queue=32, max_queue_mb=4)
+    admission = app.state.admission
+    client = TestClient(app)
+    post = lambda: client.post("/v1/analyze", files={"image": ("big.png", photo, "image/png")})  # noqa: E731
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        first = pool.submit(post)
+        assert started.wait(60), "the first request never reached the analysis"
+        others = [pool.submit(post) for _ in range(7)]
+        deadline = time.monotonic() + 60
+        while sum(f.done() for f in others) + admission.inside - 1 < 7 and time.monotonic() < deadline:
+            assert admission.bytes <= admission.max_bytes
+            time.sleep(0.05)
+        assert admission.inside == 3 and admission.bytes <= 4 * 2**20
+        refused = [f.result() for f in others if f.done()]
+        waiting = [f for f in others if not f.done()]
+        release.set()
+        answered = [f.result(timeout=120) for f in (first, *waiting)]
+    assert len(refused) == 5 and all(r.status_code == 503 and r.json()["error"] == "busy" for r in refused)
+    assert all(r.headers["retry-after"] for r in refused)
+    assert [r.status_code for r in answered] == [200] * 3
+    assert admission.inside == 0 and admission.bytes == 0
+
+
+def test_a_body_without_length_is_charged_as_it_arrives(tiny_models, astronaut_jpeg, monkeypatch):
+    """A chunked upload (no Content-Length) that outgrows the byte budget while another request is inside is
+    answered 503 busy; alone, the same upload is analysed."""
+    photo = noise_png(600)
+    chunks = lambda: iter([photo[i:i + 65536] for i in range(0, len(photo), 65536)])  # noqa: E731
+    started, release = blocked_analysis(monkeypatch)
+    app = create_app(tiny_models, max_queue=4, max_queue_mb=1)
+    client = TestClient(app)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        first = pool.submit(client.post, "/v1/analyze", content=astronaut_jpeg)
+        assert started.wait(60), "the first request never reached the analysis"
+        refused = client.post("/v1/analyze", content=chunks())
+        release.set()
+        assert first.result(timeout=120).status_code == 200
+    assert refused.status_code == 503 and refused.json()["error"] == "busy"
+    assert app.state.admission.inside == 0 and app.state.admission.bytes == 0
+    assert client.post("/v1/analyze", content=chunks()).status_code == 200
+
+
+def test_photos_over_the_megapixel_limit_are_refused_before_decoding(tiny_models, monkeypatch):
+    """``max_megapixels=1``: a 1.2 MP photo is a 400 invalid_image naming the limit, and is never decoded; a
+    0.8 MP photo is analysed."""
+    import core.api
+    from conftest import encode
+
+    decoded = []
+    real = core.api.load_image
+    monkeypatch.setattr(core.api, "load_image", lambda *a, **k: decoded.append(1) or real(*a, **k))
+    client = TestClient(create_app(tiny_models, max_megapixels=1))
+    big = client.post("/v1/analyze", content=encode(np.zeros((1000, 1200, 3), np.uint8), "PNG"))
+    assert big.status_code == 400 and big.json()["error"] == "invalid_image" and "at most 1" in big.json()["detail"]
+    assert decoded == []
+    assert client.post("/v1/analyze", content=encode(np.zeros((800, 1000, 3), np.uint8), "PNG")).status_code == 200
+    assert decoded == [1]
+
+
 def test_refused_and_failed_requests_free_their_place(tiny_models, astronaut_jpeg, monkeypatch):
     """Errors (bad image, an exception in the analysis) leave the queue: with room for one request, the
     next one is still answered."""
@@ -201,8 +294,9 @@ def test_images_are_analysed_on_the_apps_own_threads(tiny_models, astronaut_jpeg
 
 
 def test_load_bench_runs_bounded_and_reports(tiny_models):
-    """``python -m bench.load`` starts the API on 127.0.0.1, sends a few photos from 2 clients, stops the
-    server and prints its JSON summary last (no timing is asserted)."""
+    """``python -m bench.load`` starts the API on 127.0.0.1, sends a few photos from 2 clients, times a seen
+    and a new 720p size, stops the server and prints its JSON summary last (no timing is asserted); a peak
+    over ``--max-rss-mb`` (here 1 MB) fails the run."""
     import json
     import os
     import subprocess
@@ -211,18 +305,42 @@ def test_load_bench_runs_bounded_and_reports(tiny_models):
 
     root = Path(__file__).resolve().parent.parent
     r = subprocess.run([sys.executable, "-m", "bench.load", "--clients", "2", "--requests", "6", "--deadline", "300",
-                        "--models-dir", str(tiny_models)], cwd=root, env={**os.environ, "PYTHONPATH": str(root)},
-                       capture_output=True, text=True, timeout=400)
+                        "--size-probe", "1", "--photos", "synthetic", "--max-rss-mb", "1", "--models-dir",
+                        str(tiny_models)], cwd=root,
+                       env={**os.environ, "PYTHONPATH": str(root)}, capture_output=True, text=True, timeout=400)
     assert r.stdout.strip(), r.stderr[-2000:]
     result = json.loads(r.stdout.strip().splitlines()[-1])
     assert set(result) >= {"clients", "requests", "answered", "throughput_rps", "latency_p50_ms", "latency_p95_ms",
                            "status_counts", "errors", "rss_mb_first", "rss_mb_end", "rss_ratio", "memory_flat",
-                           "machine", "max_queue"}
+                           "machine", "max_queue", "photo_sizes", "rss_peak_mb", "rss_budget_mb", "within_budget",
+                           "seen_720p_ms", "new_720p_ms"}
     assert result["answered"] == 6 and result["finished"] and result["server_alive"]
     assert result["status_counts"] == {"200": 6} and result["errors"] == 0, result["error_samples"]
     assert result["rss_sampled_after"] == 3 and result["rss_mb_first"] > 0 and result["rss_mb_end"] > 0
     assert result["latency_p50_ms"] <= result["latency_p95_ms"]
-    assert r.returncode == (0 if result["memory_flat"] else 1), r.stderr[-2000:]
+    assert result["photos"] == 6 and result["photo_sizes"] == 3
+    assert result["rss_budget_mb"] == 1 and result["rss_peak_mb"] > 1 and not result["within_budget"]
+    assert r.returncode == 1 and "OVER" in r.stdout
+
+
+def test_load_bench_sends_real_photos_by_default(tmp_path, monkeypatch):
+    """The photos of ../shared/data/photos where that folder exists, else the six synthetic ones; a folder
+    given is sent alone."""
+    import bench.load
+    from conftest import encode
+
+    monkeypatch.setattr(bench.load, "DEFAULT_PHOTOS", tmp_path / "missing")
+    assert [name for name, _ in bench.load.bench_photos()][:2] == ["240p_1face", "240p_4faces"]
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i, side in enumerate((40, 60)):
+        (folder / f"p{i}.png").write_bytes(encode(np.zeros((side, side + 10, 3), np.uint8), "PNG"))
+    (folder / "notes.txt").write_text("not a photo")
+    monkeypatch.setattr(bench.load, "DEFAULT_PHOTOS", folder)
+    photos = bench.load.bench_photos()
+    assert [name for name, _ in photos] == ["p0.png", "p1.png"]
+    assert bench.load.photo_sizes(photos) == [(70, 60), (50, 40)]
+    assert len(bench.load.bench_photos("synthetic")) == 6
 
 
 def test_load_bench_accepts_only_200_and_503_busy():

@@ -125,6 +125,22 @@ def test_upload_non_image_warns_without_exception(app_env, astronaut_jpeg):
     assert len(at.dataframe) == 1  # the good file is still analysed
 
 
+def test_many_uploads_are_shown_a_page_at_a_time(app_env, astronaut_jpeg):
+    """Seven photos: the newest page of PHOTOS_PER_PAGE is analysed and shown, the others one choice away; the
+    annotated PNG is made when downloaded, not kept by the session."""
+    from ui.view import PHOTOS_PER_PAGE
+
+    files = [(f"photo{i}.jpg", astronaut_jpeg, "image/jpeg") for i in range(7)]
+    at = run_upload_page(files)
+    assert not at.exception and PHOTOS_PER_PAGE == 5
+    assert [h.value for h in at.subheader] == ["photo5.jpg", "photo6.jpg"]
+    assert at.radio[0].options == ["1-5", "6-7"]
+    at.radio[0].set_value("1-5").run()
+    assert [h.value for h in at.subheader] == [f"photo{i}.jpg" for i in range(5)]
+    png = [b for b in at.get("download_button") if b.proto.label.startswith("Annotated image")]
+    assert len(png) == 5 and all(b.proto.HasField("deferred_file_id") for b in png)
+
+
 def test_upload_no_face_is_an_info(app_env):
     import io
 

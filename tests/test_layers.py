@@ -15,9 +15,9 @@ ROOT = Path(__file__).resolve().parent.parent
 #: Keep in step with ARCHITECTURE.md (a test checks that it names every module listed here).
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("core 1 facts", ("core.errors", "core.results", "core.hardware", "core.image", "core.modelfiles",
-                      "core.reliability")),
+                      "core.reliability", "core.memory")),
     ("core 2 networks", ("core.vggface",)),
-    ("core 3 runtimes", ("core.lite", "core.runtime", "core.mtcnn_lite")),
+    ("core 3 runtimes", ("core.lite", "core.runtime", "core.pnet_canvas", "core.mtcnn_lite")),
     ("core 4 steps", ("core.crop", "core.detect", "core.models", "core.modelcard")),
     ("core 5 pipeline", ("core.pipeline", "core")),
     ("core 6 entry points", ("core.__main__", "core.batch", "core.engine_ray", "core.api", "core.draw")),
@@ -32,8 +32,9 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("ui", ("ui", "ui.charts", "ui.monitor", "ui.campaign", "ui.view")),
     ("app and benchmarks", ("streamlit_app", "pages.1_Photo_upload", "pages.2_Webcam_snapshot",
                             "pages.3_Training_history", "bench", "bench.__main__", "bench.ab", "bench.augment",
-                            "bench.batch", "bench.detection", "bench.flip", "bench.inputs", "bench.load",
-                            "bench.peer_accuracy", "bench.peer_worker", "bench.probe", "bench.streams")),
+                            "bench.batch", "bench.detection", "bench.flip", "bench.inputs",
+                            "bench.load", "bench.memory", "bench.app_memory", "bench.peer_accuracy",
+                            "bench.peer_worker", "bench.probe", "bench.streams")),
 ]
 
 #: Packages a package never imports, whatever the layers say: the app never loads the training code (and with

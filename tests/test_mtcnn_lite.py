@@ -13,6 +13,7 @@ import pytest
 
 from conftest import three_faces
 from core import mtcnn_lite
+from core import pnet_canvas as canvas
 
 pytest.importorskip("ai_edge_litert")
 
@@ -140,3 +141,75 @@ def test_detection_imports_no_tensorflow_once_the_networks_are_cached(astronaut,
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=ROOT,
                          timeout=300, check=True).stdout.split()
     assert out[-4:] == ["1", "False", "False", "False"]
+
+
+def random_levels(rng: np.random.Generator, n: int) -> list[tuple[int, int]]:
+    """Pyramid level sizes: odd and even, tiny (12 px), wider and taller than a canvas."""
+    return [(int(h), int(w)) for h, w in rng.integers(12, 700, (n, 2))] + [(12, 12), (13, 600), (257, 12)]
+
+
+def test_tiles_cover_every_level_once_without_overlap_on_few_shapes():
+    """Every output cell of every level comes from exactly one tile; tiles lie inside their canvas, at even
+    offsets, never on one another; canvases are SIDE wide and a multiple of STEP high."""
+    rng = np.random.default_rng(8)
+    for _ in range(20):
+        levels = random_levels(rng, int(rng.integers(1, 12)))
+        covered = [np.zeros((canvas.output_size(h), canvas.output_size(w)), int) for h, w in levels]
+        for sheet in canvas.pack(levels):
+            assert sheet.height % canvas.STEP == 0 and 0 < sheet.height <= canvas.SIDE
+            used = np.zeros((sheet.height, canvas.SIDE), int)
+            for t in sheet.tiles:
+                assert t.y % 2 == 0 and t.x % 2 == 0 and t.rows[0] % 2 == 0 and t.cols[0] % 2 == 0
+                used[t.y:t.y + t.height, t.x:t.x + t.width] += 1
+                (r0, r1), (c0, c1) = canvas.output_span(*t.rows), canvas.output_span(*t.cols)
+                covered[t.level][r0:r1, c0:c1] += 1
+            assert used.max() == 1 and used.sum() == sum(t.height * t.width for t in sheet.tiles)
+        assert all((c == 1).all() for c in covered)
+
+
+def test_canvases_give_pnet_maps_of_each_level_alone_bit_for_bit():
+    """PNet's maps from the packed canvases equal PNet run on each level by itself (no mask), exactly: odd
+    sizes, levels cut into several tiles, 12 px levels."""
+    nets = mtcnn_lite.load_nets()
+    rng = np.random.default_rng(9)
+    levels = [rng.uniform(-1, 1, (h, w, 3)).astype(np.float32) for h, w in random_levels(rng, 5)]
+    for level, (regression, probability) in zip(levels, mtcnn_lite.pnet_maps(levels, nets["pnet"]), strict=True):
+        alone = nets["pnet"](level[None])
+        np.testing.assert_array_equal(regression, alone[0][0])
+        np.testing.assert_array_equal(probability, alone[1][0])
+
+
+def test_rnet_and_onet_run_a_few_bounded_batches():
+    """Hundreds of patches run in batches of at most MAX_BATCH, with the outputs of one call."""
+    nets = mtcnn_lite.load_nets()
+    rng = np.random.default_rng(10)
+    for name in ("rnet", "onet"):
+        net = nets[name]
+        whole = mtcnn_lite.LiteNet(net.flatbuffer, net.widths, patch=net.patch)
+        x = rng.uniform(-1, 1, (300, net.patch, net.patch, 3)).astype(np.float32)
+        for ours, theirs in zip(net(x), whole(x), strict=True):
+            np.testing.assert_allclose(ours, theirs, atol=1e-6)
+        assert max(shape[0] for shape in net._interpreters) <= mtcnn_lite.MAX_BATCH[name]
+
+
+def test_detection_keeps_a_bounded_set_of_shapes_whatever_the_photo_sizes(astronaut, monkeypatch):
+    """100 photos of random sizes (40 to 1,600 px a side) through the detector: PNet asks for at most
+    SIDE / STEP input shapes, RNet and ONet for their few batch buckets, and no interpreter is dropped."""
+    from core.detect import detect_faces, get_detector
+
+    requested: dict[int, set[tuple[int, ...]]] = {}
+    real = mtcnn_lite.LiteNet._interpreter
+
+    def recording(self, shape):
+        requested.setdefault(id(self), set()).add(shape)
+        return real(self, shape)
+
+    monkeypatch.setattr(mtcnn_lite.LiteNet, "_interpreter", recording)
+    rng = np.random.default_rng(11)
+    for w, h in rng.integers(40, 1600, (100, 2)):
+        detect_faces(cv2.resize(astronaut, (int(w), int(h)), interpolation=cv2.INTER_AREA))
+    nets = get_detector().nets
+    counts = {name: len(requested.get(id(net), ())) for name, net in nets.items()}
+    assert 0 < counts["pnet"] <= canvas.SIDE // canvas.STEP
+    assert counts["rnet"] <= 6 and counts["onet"] <= 4  # 8 to 256 and 8 to 64 patches, powers of two
+    assert all(len(net._interpreters) >= counts[name] for name, net in nets.items())  # none dropped

@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import pandas as pd
@@ -18,6 +19,7 @@ from PIL import Image
 from streamlit.errors import StreamlitPageNotFoundError
 
 import core
+from core import memory
 from core.draw import annotate, shrink
 from core.image import load_image
 from core.models import AgeGenderModels, models_dir
@@ -27,6 +29,10 @@ from core.reliability import GenderReliability
 
 #: Photos are shown and offered for download at most this large (a 50 MP photo would be a 100 MB PNG).
 DISPLAY_MAX_SIDE = 2048
+
+#: Uploads the upload page analyses and shows at once: a session keeps what its last run showed (images,
+#: downloads) until its next run, so more photos are shown a page at a time (docs/memory.md).
+PHOTOS_PER_PAGE = 5
 
 
 #: Loading the detector and both models takes 1-2 s on the project's 2-core machines, up to about 10 s on a
@@ -258,6 +264,25 @@ def _png(rgb: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+def photo_page(count: int) -> range:
+    """Which of ``count`` uploads to show: all up to :data:`PHOTOS_PER_PAGE`, else the page of them chosen
+    above the results (the newest by default)."""
+    pages = -(-count // PHOTOS_PER_PAGE)
+    if pages <= 1:
+        return range(count)
+    labels = [f"{p * PHOTOS_PER_PAGE + 1}-{min(count, (p + 1) * PHOTOS_PER_PAGE)}" for p in range(pages)]
+    chosen = st.radio(f"{count} photos, {PHOTOS_PER_PAGE} analysed and shown at a time: photos", labels,
+                      index=pages - 1, horizontal=True)
+    first = labels.index(chosen) * PHOTOS_PER_PAGE
+    return range(first, min(count, first + PHOTOS_PER_PAGE))
+
+
+def _annotated_png(data: bytes, faces: list[core.FaceResult]) -> bytes:
+    """The annotated photo as a PNG, made from the uploaded bytes when it is downloaded: a session then keeps
+    the photo as sent rather than a PNG of several MB per photo."""
+    return _png(annotate(load_image(data), faces, max_side=DISPLAY_MAX_SIDE))
+
+
 def analyze_and_show(name: str, data: bytes, settings: Settings, key: str) -> list[core.FaceResult] | None:
     """Decode, analyse and render one image; a warning instead of an exception for a bad file."""
     models = require_models()
@@ -273,7 +298,9 @@ def analyze_and_show(name: str, data: bytes, settings: Settings, key: str) -> li
     except Exception as exc:  # noqa: BLE001 - the UI must never show a traceback
         st.error(f"**{name}**: analysis failed ({type(exc).__name__}: {exc}).")
         return None
-    show_result(name, rgb, faces, key=key, seconds=seconds, models=models, align=settings.align)
+    show_result(name, rgb, faces, key=key, seconds=seconds, models=models, align=settings.align, source=data)
+    del rgb
+    memory.trim()  # what the photo's analysis freed, handed back (each run is a thread with its own arena)
     return faces
 
 
@@ -282,9 +309,9 @@ TABLE_ROWS = 12
 
 
 def show_result(name: str, rgb: np.ndarray, faces: list[core.FaceResult], *, key: str, seconds: float | None = None,
-                models: AgeGenderModels | None = None, align: bool = True) -> None:
+                models: AgeGenderModels | None = None, align: bool = True, source: bytes | None = None) -> None:
     """The one result view: annotated image, table (with the models' crops where ``models`` is given), time
-    taken, downloads."""
+    taken, downloads (the annotated PNG made on demand from ``source``, the photo's bytes, where given)."""
     st.subheader(name)
     took = f" in {seconds:.2f} s" if seconds is not None else ""
     if not faces:
@@ -324,8 +351,8 @@ def show_result(name: str, rgb: np.ndarray, faces: list[core.FaceResult], *, key
                    "these the gender model was right too rarely to give a label (see the Home page).")
     stem = name.rsplit(".", 1)[0]
     c1, c2, c3 = st.columns(3)
-    c1.download_button("Annotated image (PNG)", _png(annotated), f"{stem}_annotated.png", "image/png",
-                       key=f"{key}-png")
+    png = partial(_annotated_png, source, faces) if source is not None else _png(annotated)
+    c1.download_button("Annotated image (PNG)", png, f"{stem}_annotated.png", "image/png", key=f"{key}-png")
     c2.download_button("Results (CSV)", table.to_csv(index=False), f"{stem}_faces.csv", "text/csv",
                        key=f"{key}-csv")
     payload = json.dumps({"file": name, "seconds": None if seconds is None else round(seconds, 3),
