@@ -70,6 +70,8 @@ def format_table(name: str, faces) -> str:
                      f"  {f.confidence:5.3f}  ({x}, {y}, {w}, {h})")
         if f.gender_note:
             notes.append(f"  gender of face {i} uncertain: {f.gender_note}")
+        if f.cut_by_frame:
+            notes.append(f"  face {i} is cut by the frame: its age and gender rest on part of the face")
     return "\n".join(lines + notes)
 
 

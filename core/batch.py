@@ -32,12 +32,12 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".ti
 #: A text file of paths or URIs, one per line (blank lines and lines starting with ``#`` skipped).
 LIST_SUFFIXES = {".txt", ".lst"}
 CSV_FIELDS = ["file", "status", "face", "x", "y", "w", "h", "confidence", "age", "age_low", "age_high",
-              "gender", "female_probability", "gender_reliable", "gender_note", "error"]
+              "gender", "female_probability", "gender_reliable", "gender_note", "error", "cut_by_frame"]
 #: The Arrow type of each row field (Parquet output): a field a row lacks is null.
 FIELD_TYPES = {"file": "string", "status": "string", "face": "int64", "x": "float64", "y": "float64",
                "w": "float64", "h": "float64", "confidence": "float64", "age": "float64", "age_low": "float64",
                "age_high": "float64", "gender": "string", "female_probability": "float64",
-               "gender_reliable": "bool", "gender_note": "string", "error": "string"}
+               "gender_reliable": "bool", "gender_note": "string", "error": "string", "cut_by_frame": "bool"}
 FORMATS = ("parquet", "csv", "jsonl")
 #: Rows per Parquet file written by the local engine.
 PARQUET_ROWS_PER_FILE = 1_000_000
@@ -194,7 +194,8 @@ def face_row(name: str, index: int, face: FaceResult) -> dict[str, Any]:
     return {"file": name, "status": "ok", "face": index, **d["box"], "confidence": d["confidence"],
             "age": d["age"], "age_low": d["age_range"][0], "age_high": d["age_range"][1],
             "gender": d["gender"], "female_probability": d["female_probability"],
-            "gender_reliable": d["gender_reliable"], "gender_note": d["gender_note"]}
+            "gender_reliable": d["gender_reliable"], "gender_note": d["gender_note"],
+            "cut_by_frame": d["cut_by_frame"]}
 
 
 def face_rows(name: str, result: list[FaceResult] | AgeGenderError) -> list[dict[str, Any]]:
@@ -208,7 +209,10 @@ def face_rows(name: str, result: list[FaceResult] | AgeGenderError) -> list[dict
 
 def plain_row(row: dict[str, Any]) -> dict[str, Any]:
     """A row with every field (nulls where it has none, as Arrow gives it) as :func:`face_rows` makes it."""
-    keys = CSV_FIELDS[:-1] if row["status"] == "ok" else ["file", "status"] + (["error"] if row.get("error") else [])
+    if row["status"] == "ok":
+        keys = [k for k in CSV_FIELDS if k != "error"]
+    else:
+        keys = ["file", "status"] + (["error"] if row.get("error") else [])
     return {k: row.get(k) for k in keys}
 
 

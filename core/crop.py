@@ -81,7 +81,8 @@ def warp(rgb: np.ndarray, matrix: np.ndarray, size: int) -> np.ndarray:
 
     When the transform shrinks the face, the region that maps into the output is first reduced with
     area averaging, so a 600 px face and a 200 px chip reach the model with the same sharpness.
-    Outside the image is black, as in UTKFace chips.
+    Outside the image is black, as in UTKFace chips: a face cut by the frame is cropped as if the photo lay
+    on a black canvas, whichever way it is resampled (the region is padded black before it is reduced).
     """
     matrix = np.asarray(matrix, dtype=np.float64)
     scale = math.sqrt(abs(np.linalg.det(matrix[:, :2])))
@@ -91,12 +92,15 @@ def warp(rgb: np.ndarray, matrix: np.ndarray, size: int) -> np.ndarray:
         corners = np.array([[0, 0, 1], [size, 0, 1], [0, size, 1], [size, size, 1]], dtype=np.float64)
         src_pts = corners @ inverse.T
         h, w = rgb.shape[:2]
-        x0 = int(max(0, math.floor(src_pts[:, 0].min()) - 2))
-        y0 = int(max(0, math.floor(src_pts[:, 1].min()) - 2))
-        x1 = int(min(w, math.ceil(src_pts[:, 0].max()) + 2))
-        y1 = int(min(h, math.ceil(src_pts[:, 1].max()) + 2))
-        if x1 - x0 >= 2 and y1 - y0 >= 2:
-            roi = rgb[y0:y1, x0:x1]
+        x0, y0 = math.floor(src_pts[:, 0].min()) - 2, math.floor(src_pts[:, 1].min()) - 2
+        x1, y1 = math.ceil(src_pts[:, 0].max()) + 2, math.ceil(src_pts[:, 1].max()) + 2
+        inside = rgb[max(0, y0):max(0, min(h, y1)), max(0, x0):max(0, min(w, x1))]
+        if inside.size:
+            roi = inside
+            if x0 < 0 or y0 < 0 or x1 > w or y1 > h:  # the part beyond the image: black
+                roi = cv2.copyMakeBorder(inside, max(0, -y0), y1 - y0 - inside.shape[0] - max(0, -y0),
+                                         max(0, -x0), x1 - x0 - inside.shape[1] - max(0, -x0),
+                                         cv2.BORDER_CONSTANT, value=(0, 0, 0))
             nw, nh = max(1, round((x1 - x0) * scale)), max(1, round((y1 - y0) * scale))
             source = cv2.resize(roi, (nw, nh), interpolation=cv2.INTER_AREA)
             fx, fy = nw / (x1 - x0), nh / (y1 - y0)

@@ -58,7 +58,7 @@ PASSED_ENV = ("TF_CPP_MIN_LOG_LEVEL", "ONEDNN_MAX_CPU_ISA")
 _DETECTED = pa.schema([("index", pa.int64()), ("file", pa.string()), ("status", pa.string()),
                        ("face", pa.int64()), ("x", pa.float64()), ("y", pa.float64()), ("w", pa.float64()),
                        ("h", pa.float64()), ("confidence", pa.float64()), ("error", pa.string()),
-                       ("crops", pa.binary()), ("read_node", pa.string())])
+                       ("crops", pa.binary()), ("read_node", pa.string()), ("cut_by_frame", pa.bool_())])
 
 
 def start(address: str | None = None, *, num_cpus: int | None = None) -> bool:
@@ -138,7 +138,8 @@ def detect_batch(batch: dict[str, np.ndarray], *, settings: Settings, sizes: lis
                              for s in sizes)
             x, y, w, h = (float(v) for v in face.box)
             rows.append({**base, "status": "ok", "face": i, "x": x, "y": y, "w": w, "h": h,
-                         "confidence": float(face.confidence), "crops": crops})
+                         "confidence": float(face.confidence), "crops": crops,
+                         "cut_by_frame": bool(face.cut_by_frame)})
     return pa.Table.from_pylist(rows, schema=_DETECTED)
 
 
@@ -171,7 +172,7 @@ class Predictor:
         for k in range(batch.num_rows):
             if k in predicted:
                 face = Detection(box=(cols["x"][k], cols["y"][k], cols["w"][k], cols["h"][k]),
-                                 confidence=cols["confidence"][k])
+                                 confidence=cols["confidence"][k], cut_by_frame=bool(cols["cut_by_frame"][k]))
                 row = face_row(cols["file"][k], cols["face"][k], face_result(face, *predicted[k], self.models))
             else:
                 row = {"file": cols["file"][k], "status": cols["status"][k], "error": cols["error"][k]}

@@ -124,7 +124,7 @@ def face_result(face: Detection, age: float, female_probability: float, models: 
     reliable, note = models.judge_gender(age, p_female)
     return FaceResult(box=face.box, confidence=face.confidence, age=age, age_range=models.age_range(age),
                       female_probability=p_female, landmarks=dict(face.landmarks), gender_reliable=reliable,
-                      gender_note=note)
+                      gender_note=note, cut_by_frame=face.cut_by_frame)
 
 
 def _named(sources: Iterable) -> Iterator[tuple[str, ImageInput | AgeGenderError]]:

@@ -21,6 +21,8 @@ class FaceResult:
         gender_reliable: False where validation data says the gender model is unreliable for such a face
             (its predicted age, or a probability near 0.5; see :mod:`core.reliability`).
         gender_note: why the gender is uncertain (``None`` when it is reliable).
+        cut_by_frame: the face's box reaches the image's edge, so part of the face may be cut off: its age and
+            gender rest on less of it (landmarks beyond the edge are estimates; ``False`` with ``detect=False``).
         gender: "uncertain" when not ``gender_reliable``, else :attr:`likely_gender`.
     """
 
@@ -32,6 +34,7 @@ class FaceResult:
     landmarks: dict[str, tuple[float, float]] = field(default_factory=dict)
     gender_reliable: bool = True
     gender_note: str | None = None
+    cut_by_frame: bool = False
 
     @property
     def likely_gender(self) -> str:
@@ -60,5 +63,6 @@ class FaceResult:
             "female_probability": round(float(self.female_probability), 4),
             "gender_reliable": bool(self.gender_reliable),
             "gender_note": self.gender_note,
+            "cut_by_frame": bool(self.cut_by_frame),
             "landmarks": {k: [round(float(v[0]), 1), round(float(v[1]), 1)] for k, v in self.landmarks.items()},
         }

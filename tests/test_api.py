@@ -35,7 +35,9 @@ def test_multipart_and_raw_body_agree(client, astronaut_jpeg):
     face = body["faces"][0]
     box = (face["box"]["x"], face["box"]["y"], face["box"]["w"], face["box"]["h"])
     assert iou(box, ASTRONAUT_FACE) > 0.7
-    assert set(face) >= {"age", "age_range", "gender", "female_probability", "confidence", "landmarks"}
+    assert set(face) >= {"age", "age_range", "gender", "female_probability", "confidence", "landmarks",
+                         "cut_by_frame"}
+    assert face["cut_by_frame"] is False
 
 
 def test_query_parameters(client, astronaut_jpeg):

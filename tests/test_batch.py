@@ -57,6 +57,10 @@ def test_batch_local_parquet_and_jsonl(tmp_path, astronaut_jpeg, tiny_models, ca
     assert main(["batch", str(tmp_path / "in"), "-o", str(tmp_path / "out"), *common]) == 1
     rows = pq.read_table(tmp_path / "out").to_pylist()
     assert list(rows[0]) == CSV_FIELDS and [r["status"] for r in rows] == ["ok", "error"]
+    # the contract: columns only ever added at the end, so readers by position keep working
+    assert CSV_FIELDS == ["file", "status", "face", "x", "y", "w", "h", "confidence", "age", "age_low", "age_high",
+                          "gender", "female_probability", "gender_reliable", "gender_note", "error", "cut_by_frame"]
+    assert rows[0]["cut_by_frame"] is False and rows[1]["cut_by_frame"] is None
     assert "2 images, 1 faces, 0 without a face, 1 unreadable" in capsys.readouterr().err
 
     assert main(["batch", str(tmp_path / "paths.lst"), "-o", str(tmp_path / "rows.jsonl"), *common]) == 0

@@ -65,3 +65,23 @@ def test_the_avx2_emulation_caps_our_processes_and_not_the_peers(monkeypatch):
     cmd = [sys.executable, "-c", "import json, os; print(json.dumps({'isa': os.environ.get('ONEDNN_MAX_CPU_ISA')}))"]
     assert run_json(cmd) == {"isa": "AVX2"}
     assert run_json(cmd, uncapped=True) == {"isa": None}
+
+
+def test_border_faces_are_cut_as_labelled(astronaut):
+    """The border-face benchmark's cuts leave the share of the face's box inside that their label says, at the
+    size asked; a box on the face is a hit, one elsewhere a false positive, one beyond the image counted."""
+    import pytest
+
+    from bench import border_faces as bf
+
+    face = bf.SourceFace("astronaut", 0, bf.ASTRONAUT_FACE, ())
+    for where in bf.WHERE:
+        for visible in bf.VISIBLE:
+            case = bf.cut_case(astronaut, face, visible, where, 0.5)
+            ((box, share, label, size),) = case.targets
+            assert case.image.shape == (360, 480, 3) and (label, size) == (where, 0.5)
+            assert share == pytest.approx(visible, abs=0.01) and bf.clip(box, (480, 360))[1] == 1.0
+    assert bf.score(case, [box, (300, 100, 40, 40), (470, 350, 20, 20)]) == ([True], 2, 1)
+    crowded = bf.composite({"astronaut": astronaut}, [face], seed=0)
+    assert crowded.image.shape == (640, 960, 3) and len(crowded.targets) >= 5
+    assert sum(t[2] == "inside" for t in crowded.targets) <= 2

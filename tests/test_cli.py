@@ -60,10 +60,13 @@ def test_batch_csv_and_jsonl_over_folder_and_zip(tmp_path, astronaut_jpeg, tiny_
     out_csv = tmp_path / "faces.csv"
     res = run_cli(str(folder), str(archive), "--output", str(out_csv), "--batch-size", "2", models=tiny_models)
     assert res.returncode == 1  # two unreadable files, reported in the output, the run went on
-    rows = list(csv.DictReader(out_csv.open()))
+    reader = csv.DictReader(out_csv.open())
+    rows = list(reader)
+    assert reader.fieldnames[-1] == "cut_by_frame"
     by_status = {s: [r for r in rows if r["status"] == s] for s in ("ok", "error", "no_face")}
     assert len(by_status["ok"]) == 4 and len(by_status["error"]) == 2
     assert {r["face"] for r in by_status["ok"]} == {"1"}
+    assert {r["cut_by_frame"] for r in by_status["ok"]} == {"False"}
     assert any(r["file"].endswith("more.zip/inside/a.jpg") for r in by_status["ok"])
     ages = [float(r["age"]) for r in by_status["ok"]]
     # The same photo gives the same answer whatever its batch (here 1 or 2 images per model call): equal up
@@ -127,3 +130,21 @@ def test_every_user_error_is_one_line_and_status_2(tmp_path, astronaut_jpeg, tin
         err = capsys.readouterr().err
         assert code == 2 and message in err and "Traceback" not in err, (args, err)
     assert not (tmp_path / "missing").exists() and not list((tmp_path / "out").iterdir())
+
+
+def test_table_and_app_table_say_which_faces_the_frame_cuts():
+    """The command's table notes each face cut by the frame; the app's table has a "cut by the frame" column
+    only where some face is, marking exactly those."""
+    from core.__main__ import format_table
+    from core.results import FaceResult
+    from ui.view import results_table
+
+    def face(cut: bool) -> FaceResult:
+        return FaceResult(box=(0.0 if cut else 40.0, 10.0, 50.0, 60.0), confidence=0.99, age=30.0,
+                          age_range=(25.0, 35.0), female_probability=0.2, cut_by_frame=cut)
+
+    table = format_table("group.jpg", [face(False), face(True)])
+    assert "face 2 is cut by the frame" in table and "face 1 is cut" not in table
+    assert "cut by the frame" not in format_table("one.jpg", [face(False)])
+    assert list(results_table([face(False), face(True)])["cut by the frame"]) == ["", "yes"]
+    assert "cut by the frame" not in results_table([face(False)]).columns

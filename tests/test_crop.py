@@ -6,6 +6,7 @@ import math
 
 import cv2
 import numpy as np
+import pytest
 
 from core.crop import CHIP_TEMPLATE, crop_face, similarity_transform
 from core.detect import detect_faces
@@ -59,3 +60,17 @@ def test_crop_at_image_border_fills_black(astronaut):
     landmarks = CHIP_TEMPLATE * 200 - 120  # a face mostly outside the image, top left
     out = crop_face(astronaut, landmarks, 64)
     assert out.shape == (64, 64, 3) and out[:5, :5].max() == 0
+
+
+@pytest.mark.parametrize("zoom,size", [(1, 224), (1, 64), (4, 224), (4, 64)])
+def test_a_face_cut_by_the_frame_is_cropped_as_on_a_black_canvas(astronaut, zoom, size):
+    """As UTKFace chips are: where the photo ends the crop is black, and the same whether the crop enlarges
+    the face or first reduces it (``zoom`` 4: a 430 px face)."""
+    image = cv2.resize(astronaut, None, fx=zoom, fy=zoom, interpolation=cv2.INTER_CUBIC) if zoom > 1 else astronaut
+    face = detect_faces(image)[0]
+    cut = int(face.box[0] + 0.4 * face.box[2])  # the left 40 % of the face's box beyond the frame
+    on_black = image.copy()
+    on_black[:, :cut] = 0
+    cropped = crop_face(np.ascontiguousarray(image[:, cut:]), face.landmark_array() - [cut, 0], size)
+    assert np.abs(cropped.astype(int) - crop_face(on_black, face.landmark_array(), size).astype(int)).max() <= 1
+    assert cropped[:, : size // 8].max() == 0  # the part of the chip beyond the frame

@@ -204,7 +204,7 @@ def test_detector_falls_back_to_tensorflow_when_litert_fails(astronaut, monkeypa
         get_detector.cache_clear()
 
 
-# --- Recall on close-ups and faces cut by the frame (issue #13) -------------------------------------------
+# --- Recall on close-ups and faces cut by the frame ------------------------------------------------------
 
 def _inside(face, image: np.ndarray) -> bool:
     x, y, w, h = face.box
@@ -235,14 +235,59 @@ def test_chip_like_crop_cut_by_the_frame_is_found(astronaut):
     assert len(faces) == 1 and _inside(faces[0], chip) and faces[0].box[3] >= 150
 
 
-@pytest.mark.parametrize("edge", ["left", "top", "bottom"])
-def test_face_cut_by_the_frame_is_found(astronaut, edge):
-    """The frame cuts the face so that 60 % (left, top) or 70 % (bottom) of its box stays visible."""
-    x, y, w, h = ASTRONAUT_FACE
-    image = {"left": astronaut[:, int(x + 0.4 * w):], "top": astronaut[int(y + 0.4 * h):],
-             "bottom": astronaut[:int(y + 0.7 * h)]}[edge]
-    faces = detect_faces(np.ascontiguousarray(image))
+CUTS = ("left", "right", "top", "bottom", "top-left", "top-right", "bottom-left", "bottom-right")
+
+
+def _cut(image: np.ndarray, box, where: str, visible: float) -> tuple[np.ndarray, tuple]:
+    """``image`` cut so that ``visible`` of ``box``'s area stays inside, at one edge (the other axis whole) or
+    at a corner (cut equally on both axes); the image and the box clipped to it."""
+    x, y, w, h = box
+    keep = visible ** 0.5 if "-" in where else visible
+    left = int(round(x + (1 - keep) * w)) if "left" in where else 0
+    right = int(round(x + keep * w)) if "right" in where else image.shape[1]
+    top = int(round(y + (1 - keep) * h)) if "top" in where else 0
+    bottom = int(round(y + keep * h)) if "bottom" in where else image.shape[0]
+    cut = np.ascontiguousarray(image[top:bottom, left:right])
+    x0, y0 = max(x - left, 0), max(y - top, 0)
+    x1, y1 = min(x + w - left, cut.shape[1]), min(y + h - top, cut.shape[0])
+    return cut, (x0, y0, x1 - x0, y1 - y0)
+
+
+@pytest.mark.parametrize("where", CUTS)
+def test_face_cut_at_every_border_and_corner_is_found(astronaut, where):
+    """60 % of the face's box inside the frame, at each border and corner: one face, on the face, its box
+    inside the image and marked as cut by the frame."""
+    image, visible_box = _cut(astronaut, ASTRONAUT_FACE, where, 0.6)
+    faces = detect_faces(image)
     assert len(faces) == 1 and _inside(faces[0], image)
+    assert iou(faces[0].box, visible_box) > 0.4 and faces[0].cut_by_frame
+
+
+@pytest.mark.parametrize("where", ["right", "bottom-right", "top-left"])
+def test_the_selfie_takers_large_face_cut_by_the_frame_is_found(astronaut, where):
+    """A face about 45 % of the frame's height, 60 % of it inside, as the photographer's own in a group selfie."""
+    k = 0.45 * 600 / ASTRONAUT_FACE[3]
+    big = cv2.resize(astronaut, None, fx=k, fy=k, interpolation=cv2.INTER_CUBIC)
+    box = tuple(v * k for v in ASTRONAUT_FACE)
+    x, y = int(box[0] + box[2] / 2 - 400), int(box[1] + box[3] / 2 - 300)  # an 800 x 600 frame around the face
+    frame = big[max(0, y):y + 600, max(0, x):x + 800]
+    image, visible_box = _cut(frame, (box[0] - max(0, x), box[1] - max(0, y), box[2], box[3]), where, 0.6)
+    faces = detect_faces(image)
+    assert len(faces) == 1 and _inside(faces[0], image)
+    assert iou(faces[0].box, visible_box) > 0.4 and faces[0].cut_by_frame
+
+
+def test_cut_by_frame_is_true_exactly_for_boxes_that_reach_the_border(astronaut):
+    from core.detect import reaches_edge
+
+    cut, _ = _cut(astronaut, ASTRONAUT_FACE, "left", 0.75)
+    inside = three_faces(astronaut)
+    for image, expected in ((astronaut, [False]), (inside, [False] * 3), (cut, [True])):
+        faces = detect_faces(image)
+        assert [f.cut_by_frame for f in faces] == expected
+        assert all(f.cut_by_frame == reaches_edge(f.box, image.shape[1], image.shape[0]) for f in faces)
+    assert reaches_edge((0, 10, 5, 5), 100, 100) and reaches_edge((90, 10, 9.5, 5), 100, 100)
+    assert not reaches_edge((2, 2, 96, 96), 100, 100)
 
 
 def test_textures_and_a_cat_have_no_face():
@@ -253,6 +298,8 @@ def test_textures_and_a_cat_have_no_face():
     for name in ("brick", "grass", "gravel", "coffee", "chelsea"):
         image = getattr(data, name)()
         images.append(np.ascontiguousarray(np.stack([image] * 3, -1) if image.ndim == 2 else image[..., :3]))
+    cat = data.chelsea()  # and the cat's face cut by the frame, where the border pass mirrors it whole
+    images += [np.ascontiguousarray(cat[:, 160:]), np.ascontiguousarray(cat[:, :240]), np.ascontiguousarray(cat[80:])]
     for image in images:
         assert detect_faces(image) == []
 

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import ray
 from PIL import Image
@@ -30,10 +31,12 @@ def ray_instance():
 
 @pytest.fixture(scope="module")
 def photos(tmp_path_factory, astronaut, astronaut_chip) -> Path:
-    """Generated chips, the astronaut, three faces in one photo, a blank image, and three bad files."""
+    """Generated chips, the astronaut, the astronaut cut by the frame, three faces in one photo, a blank image,
+    and three bad files."""
     folder = tmp_path_factory.mktemp("photos")
     make_utk_folder(folder / "chips", astronaut_chip, n=6)
     (folder / "astronaut.jpg").write_bytes(encode(astronaut, "JPEG", quality=92))
+    (folder / "cut.png").write_bytes(encode(np.ascontiguousarray(astronaut[:, 215:]), "PNG"))  # 60 % of the face
     (folder / "three.png").write_bytes(encode(three_faces(astronaut), "PNG"))
     Image.new("RGB", (120, 90), (200, 210, 220)).save(folder / "blank.png")
     (folder / "corrupt.jpg").write_bytes(encode(astronaut, "JPEG")[:2000])  # cut off mid-scan
@@ -74,6 +77,9 @@ def test_ray_gives_the_local_engines_rows(ray_instance, photos, tiny_models):
             assert abs(a[key] - b[key]) <= 0.1 + 1e-6
         assert abs(a["female_probability"] - b["female_probability"]) < 1e-3
         assert (a["gender"], a["gender_reliable"]) == (b["gender"], b["gender_reliable"])
+        assert a["cut_by_frame"] == b["cut_by_frame"]
+    cut = {Path(r["file"]).name: r["cut_by_frame"] for r in remote if r["status"] == "ok"}
+    assert cut["cut.png"] is True and cut["astronaut.jpg"] is False
 
 
 def test_bad_files_are_error_rows_and_the_job_finishes(ray_instance, photos, tiny_models, tmp_path):

@@ -32,7 +32,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("ui", ("ui", "ui.charts", "ui.monitor", "ui.campaign", "ui.view")),
     ("app and benchmarks", ("streamlit_app", "pages.1_Photo_upload", "pages.2_Webcam_snapshot",
                             "pages.3_Training_history", "bench", "bench.__main__", "bench.ab", "bench.augment",
-                            "bench.batch", "bench.detection", "bench.flip", "bench.inputs",
+                            "bench.batch", "bench.border_faces", "bench.detection", "bench.flip", "bench.inputs",
                             "bench.load", "bench.memory", "bench.app_memory", "bench.peer_accuracy",
                             "bench.peer_worker", "bench.probe", "bench.streams")),
 ]

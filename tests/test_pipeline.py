@@ -32,7 +32,8 @@ def test_astronaut_one_face_with_age_and_gender(astronaut, models):
     assert f.age >= 0 and f.age_range[0] <= f.age <= f.age_range[1]
     d = json.loads(json.dumps(f.as_dict()))
     assert set(d) >= {"box", "confidence", "age", "age_range", "gender", "female_probability", "landmarks",
-                      "gender_reliable", "gender_note"}
+                      "gender_reliable", "gender_note", "cut_by_frame"}
+    assert d["cut_by_frame"] is False and f.cut_by_frame is False
 
 
 def test_every_input_kind_gives_the_same_result(astronaut, astronaut_jpeg, tmp_path, models):

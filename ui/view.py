@@ -180,7 +180,8 @@ def sidebar_settings() -> Settings:
 
 
 def results_table(faces: list[core.FaceResult]) -> pd.DataFrame:
-    """One row per face, the columns a person reads at once (also the CSV download)."""
+    """One row per face, the columns a person reads at once (also the CSV download); "why uncertain" and "cut
+    by the frame" only where some face has one."""
     rows = []
     for i, f in enumerate(faces, 1):
         rows.append({
@@ -191,9 +192,12 @@ def results_table(faces: list[core.FaceResult]) -> pd.DataFrame:
             "gender probability": round(f.gender_probability, 2),
             "detection confidence": round(f.confidence, 2),
             "why uncertain": f.gender_note or "",
+            "cut by the frame": "yes" if f.cut_by_frame else "",
         })
     table = pd.DataFrame(rows)
-    return table if any(not f.gender_reliable for f in faces) else table.drop(columns="why uncertain")
+    if not any(not f.gender_reliable for f in faces):
+        table = table.drop(columns="why uncertain")
+    return table if any(f.cut_by_frame for f in faces) else table.drop(columns="cut by the frame")
 
 
 #: Help texts of the result table's columns.
@@ -208,6 +212,8 @@ COLUMN_HELP = {
                           "of the side it leans to)",
     "detection confidence": "how sure the face detector (MTCNN) is that this is a face",
     "why uncertain": "the validation result that makes this face's gender uncertain",
+    "cut by the frame": "the face reaches the photo's edge, so part of it may be cut off: its age and gender "
+                        "rest on less of the face",
 }
 
 
