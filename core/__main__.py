@@ -5,7 +5,7 @@ Without ``--output`` it prints a table of faces per photo (or JSON with ``--json
 writes one row per face (CSV or JSON Lines, by the file's extension or ``--format``) with a progress bar on
 stderr; photos without a face get a ``no_face`` row and unreadable files an ``error`` row, and the run goes
 on. Several images go through the models per call (``--batch-size``); ``--no-flip`` skips the test-time
-flipped copy for about twice the throughput at slightly lower accuracy (README, "Speed").
+flipped copy for about twice the throughput at slightly lower accuracy (docs/speed.md).
 
 ``batch`` (``python -m core batch --help``) takes folders, zip files, text files of paths and URIs that
 pyarrow opens (``s3://``...), writes the same rows as Parquet (a folder) or CSV / JSON Lines, and runs them
@@ -39,8 +39,10 @@ from core.batch import (
     write_results,
 )
 from core.errors import AgeGenderError, ModelNotFound
+from core.lite import VERBOSE_ENV
 from core.modelfiles import require_models
 from core.pipeline import DEFAULT_MIN_FACE_SIZE, DEFAULT_THRESHOLD
+from core.results import FaceResult, image_dict
 
 __all__ = ["CSV_FIELDS", "face_rows", "format_table", "iter_sources", "main"]
 
@@ -57,17 +59,21 @@ def iter_sources(inputs: list[str], max_member_bytes: int) -> Iterator[tuple[str
             yield source.name, exc
 
 
-def format_table(name: str, faces) -> str:
+def format_table(name: str, faces: list[FaceResult]) -> str:
+    """One image's faces as a table, under the output contract's names (README, "Output")."""
     if not faces:
         return f"{name}: no face found"
     lines = [f"{name}: {len(faces)} face{'s' if len(faces) != 1 else ''}",
-             f"  {'#':>2}  {'age':>5}  {'range':>11}  {'gender':<9}  {'P(fem)':>6}  {'conf':>5}  box (x, y, w, h)"]
+             f"  {'face':>4}  {'age':>5}  {'age range':>11}  {'gender':<10}  {'female probability':>18}  "
+             f"{'detection confidence':>20}  box (x, y, w, h)"]
     notes = []
     for i, f in enumerate(faces, 1):
-        lo, hi = f.age_range
-        x, y, w, h = (round(v) for v in f.box)
-        lines.append(f"  {i:>2}  {f.age:5.1f}  {lo:5.1f}-{hi:<5.1f}  {f.gender:<9}  {f.female_probability:6.2f}"
-                     f"  {f.confidence:5.3f}  ({x}, {y}, {w}, {h})")
+        d = f.as_dict()
+        lo, hi = d["age_range"]
+        box = d["box"]
+        lines.append(f"  {i:>4}  {d['age']:5.1f}  {f'{lo:.1f}-{hi:.1f}':>11}  {d['gender']:<10}  "
+                     f"{d['female_probability']:18.2f}  {d['confidence']:20.2f}  "
+                     f"({box['x']}, {box['y']}, {box['w']}, {box['h']})")
         if f.gender_note:
             notes.append(f"  gender of face {i} uncertain: {f.gender_note}")
         if f.cut_by_frame:
@@ -87,6 +93,16 @@ def add_analysis_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-flip", action="store_true",
                         help="skip the test-time horizontally flipped copy: about 2x faster models, slightly "
                              "less accurate")
+    parser.add_argument("--verbose", action="store_true",
+                        help="keep TensorFlow's and LiteRT's own messages on stderr (hidden by default)")
+
+
+def quiet_unless_verbose(args: argparse.Namespace) -> None:
+    """Hide TensorFlow's and LiteRT's start-up chatter (:func:`core.lite.allocate_quietly`) unless --verbose."""
+    if args.verbose:
+        os.environ[VERBOSE_ENV] = "1"
+    else:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 #: The detector's option ranges, as the HTTP API accepts them.
@@ -134,7 +150,7 @@ def batch_main(argv: list[str]) -> int:
         parser.error("--address and --concurrency need --engine ray")
     if args.batch_size < 1 or (args.concurrency is not None and args.concurrency < 1):
         parser.error("--batch-size and --concurrency must be at least 1")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    quiet_unless_verbose(args)
 
     fmt = output_format(args.output, args.format)
     settings = settings_of(args)
@@ -166,7 +182,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m core", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("inputs", nargs="+", help="photos, folders of photos, or zip files of photos")
-    parser.add_argument("--json", action="store_true", help="print JSON: [{file, faces: [...]}, ...]")
+    parser.add_argument("--json", action="store_true",
+                        help="print JSON: a list of {file, status, faces: [...]}, one per image")
     parser.add_argument("--output", "-o", type=Path, help="write one row per face to this CSV / JSONL file")
     parser.add_argument("--format", choices=("csv", "jsonl"), help="default: from --output's extension")
     parser.add_argument("--batch-size", type=int, default=8, help="images per model call")
@@ -180,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
         fmt = args.format or {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl"}.get(args.output.suffix.lower())
         if fmt is None:
             parser.error(f"--output {args.output}: give a file ending in .csv or .jsonl (or --format csv|jsonl)")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    quiet_unless_verbose(args)
 
     from core.image import MAX_BYTES
     from core.pipeline import analyze_many, prepare
@@ -208,12 +225,12 @@ def main(argv: list[str] | None = None) -> int:
     report = []
     for name, result in results:
         if isinstance(result, AgeGenderError):
-            print(f"error: {name}: {result}", file=sys.stderr)
+            message = str(result)  # names the file, unless the reason has nothing to do with it
+            print(f"error: {message if name in message else f'{name}: {message}'}", file=sys.stderr)
             failed += 1
-            report.append({"file": name, "error": str(result)})
-        elif args.json:
-            report.append({"file": name, "faces": [f.as_dict() for f in result]})
-        else:
+        if args.json:
+            report.append(image_dict(name, result))
+        elif not isinstance(result, AgeGenderError):
             print(format_table(name, result))
     if args.json:
         print(json.dumps(report, indent=2))

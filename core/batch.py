@@ -3,8 +3,8 @@
 Inputs are listed without being read (:func:`list_sources`: image files, folders, zip files, text files of
 paths, and URIs that pyarrow's file systems open, such as ``s3://``); each is read where it is analysed
 (:func:`read_source`), so that a Ray worker on another node reads its own files. Every image gives rows of
-the one format (:data:`CSV_FIELDS`): one per face, or one ``no_face`` / ``error`` row, so that a bad file
-never stops a run.
+the one format (:data:`core.results.ROW_FIELDS`): one per face, or one ``no_face`` / ``error`` row, so that a
+bad file never stops a run.
 """
 
 from __future__ import annotations
@@ -23,21 +23,21 @@ from pathlib import Path
 from typing import Any
 
 from core.detect import DEFAULT_MIN_FACE_SIZE, DEFAULT_THRESHOLD
-from core.errors import AgeGenderError, InvalidImage
-from core.image import MAX_BYTES, ImageInput
+from core.errors import AgeGenderError, ImageTooLarge, InvalidImage
+from core.image import MAX_BYTES, SUPPORTED_SUFFIXES, ImageInput
 from core.pipeline import analyze_many, prepare
-from core.results import FaceResult
+from core.results import ROW_FIELDS, FaceResult, csv_value, image_rows
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+IMAGE_SUFFIXES = {f".{suffix}" for suffix in SUPPORTED_SUFFIXES}
 #: A text file of paths or URIs, one per line (blank lines and lines starting with ``#`` skipped).
 LIST_SUFFIXES = {".txt", ".lst"}
-CSV_FIELDS = ["file", "status", "face", "x", "y", "w", "h", "confidence", "age", "age_low", "age_high",
-              "gender", "female_probability", "gender_reliable", "gender_note", "error", "cut_by_frame"]
+CSV_FIELDS = ROW_FIELDS
 #: The Arrow type of each row field (Parquet output): a field a row lacks is null.
-FIELD_TYPES = {"file": "string", "status": "string", "face": "int64", "x": "float64", "y": "float64",
-               "w": "float64", "h": "float64", "confidence": "float64", "age": "float64", "age_low": "float64",
-               "age_high": "float64", "gender": "string", "female_probability": "float64",
-               "gender_reliable": "bool", "gender_note": "string", "error": "string", "cut_by_frame": "bool"}
+_ARROW_TYPES = {"file": "string", "status": "string", "face": "int64", "x": "int64", "y": "int64", "w": "int64",
+                "h": "int64", "confidence": "float64", "age": "float64", "age_low": "float64",
+                "age_high": "float64", "gender": "string", "female_probability": "float64",
+                "gender_reliable": "bool", "gender_note": "string", "cut_by_frame": "bool", "error": "string"}
+FIELD_TYPES = {name: _ARROW_TYPES[name] for name in ROW_FIELDS}
 FORMATS = ("parquet", "csv", "jsonl")
 #: Rows per Parquet file written by the local engine.
 PARQUET_ROWS_PER_FILE = 1_000_000
@@ -158,7 +158,7 @@ def read_source(source: Source, max_bytes: int = MAX_BYTES) -> bytes | Path:
         if source.member:
             info = _open_zip(source.location).getinfo(source.member)
             if info.file_size > max_bytes:
-                raise InvalidImage(f"{name} is {info.file_size / 2**20:.0f} MiB uncompressed; "
+                raise ImageTooLarge(f"{name} is {info.file_size / 2**20:.0f} MiB uncompressed; "
                                    f"the limit is {max_bytes // 2**20} MiB.")
             return _open_zip(source.location).read(info)
         if is_uri(source.location):
@@ -169,7 +169,7 @@ def read_source(source: Source, max_bytes: int = MAX_BYTES) -> bytes | Path:
             if info.type != pafs.FileType.File:
                 raise InvalidImage(f"{name} does not exist or is not a file. Check the path.")
             if info.size > max_bytes:
-                raise InvalidImage(f"{name} is {info.size / 2**20:.0f} MiB; the limit is {max_bytes // 2**20} MiB.")
+                raise ImageTooLarge(f"{name} is {info.size / 2**20:.0f} MiB; the limit is {max_bytes // 2**20} MiB.")
             with fs.open_input_stream(path) as f:
                 return f.read()
         if not Path(source.location).is_file():
@@ -188,29 +188,15 @@ def read_sources(sources: Iterable[Source]) -> Iterator[tuple[str, ImageInput | 
             yield source.name, exc
 
 
-def face_row(name: str, index: int, face: FaceResult) -> dict[str, Any]:
-    """The row of the ``index``-th face (from 1) of image ``name``."""
-    d = face.as_dict()
-    return {"file": name, "status": "ok", "face": index, **d["box"], "confidence": d["confidence"],
-            "age": d["age"], "age_low": d["age_range"][0], "age_high": d["age_range"][1],
-            "gender": d["gender"], "female_probability": d["female_probability"],
-            "gender_reliable": d["gender_reliable"], "gender_note": d["gender_note"],
-            "cut_by_frame": d["cut_by_frame"]}
-
-
 def face_rows(name: str, result: list[FaceResult] | AgeGenderError) -> list[dict[str, Any]]:
-    """One image's rows: one per face, or one ``no_face`` or ``error`` row."""
-    if isinstance(result, AgeGenderError):
-        return [{"file": name, "status": "error", "error": str(result)}]
-    if not result:
-        return [{"file": name, "status": "no_face"}]
-    return [face_row(name, i, f) for i, f in enumerate(result, 1)]
+    """One image's rows (:func:`core.results.image_rows`): one per face, or one ``no_face`` or ``error`` row."""
+    return image_rows(name, result)
 
 
 def plain_row(row: dict[str, Any]) -> dict[str, Any]:
     """A row with every field (nulls where it has none, as Arrow gives it) as :func:`face_rows` makes it."""
     if row["status"] == "ok":
-        keys = [k for k in CSV_FIELDS if k != "error"]
+        keys = [k for k in ROW_FIELDS if k != "error"]
     else:
         keys = ["file", "status"] + (["error"] if row.get("error") else [])
     return {k: row.get(k) for k in keys}
@@ -270,7 +256,7 @@ class RowWriter:
         self._text = (io.StringIO() if is_uri(self.output)  # uploaded by close()
                       else open(self.output, "w", newline="", encoding="utf-8"))  # noqa: SIM115 - closed by close()
         if self.fmt == "csv":
-            self._csv = csv.DictWriter(self._text, fieldnames=CSV_FIELDS)
+            self._csv = csv.DictWriter(self._text, fieldnames=CSV_FIELDS, lineterminator="\n")
             self._csv.writeheader()
 
     def write(self, rows: Iterable[dict[str, Any]]) -> None:
@@ -278,7 +264,7 @@ class RowWriter:
             if self.fmt == "parquet":
                 self._parquet.append(row)
             elif self._csv:
-                self._csv.writerow(plain_row(row))
+                self._csv.writerow({k: csv_value(v) for k, v in plain_row(row).items()})
             else:
                 self._text.write(json.dumps(plain_row(row)) + "\n")
         if len(self._parquet) >= PARQUET_ROWS_PER_FILE:

@@ -5,7 +5,7 @@ of one CPU) and sends each face's crops on; both models run in an actor pool (:c
 loaded once per actor); the rows are written as Parquet by the workers, or collected here, in input order,
 into one CSV / JSON Lines file for small runs. Failed tasks are retried and dead actors restarted
 (:data:`RETRIES`): a retried batch replaces the lost one, so no row is lost or written twice. Every node needs
-this project (with its models) at the same path as here; see the README, "Running on a Ray cluster".
+this project (with its models) at the same path as here; see docs/batch.md.
 """
 
 from __future__ import annotations
@@ -34,7 +34,6 @@ from core.batch import (
     Settings,
     Source,
     Summary,
-    face_row,
     read_source,
     row_schema,
 )
@@ -44,6 +43,7 @@ from core.image import load_image
 from core.modelfiles import model_paths, models_dir, read_metadata
 from core.models import load_models, settle_precision
 from core.pipeline import face_crop, face_result, find_faces
+from core.results import face_row
 
 #: Times a failed read task is retried and a dead actor restarted (with its batch) before the job fails.
 RETRIES = 4

@@ -100,7 +100,7 @@ class LiteNet:
         interpreter.resize_tensor_input(inputs[0]["index"], list(shape))
         if len(inputs) > 1:
             interpreter.resize_tensor_input(inputs[1]["index"], [shape[0], shape[1] - 2, shape[2] - 2, 1])
-        interpreter.allocate_tensors()
+        lite.allocate_quietly(interpreter)
         # Outputs differ in width: match LiteRT's outputs to the package's order by width.
         by_width = {int(d["shape"][-1]): d["index"] for d in interpreter.get_output_details()}
         entry = (interpreter, [d["index"] for d in inputs], [by_width[w] for w in self.widths])

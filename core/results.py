@@ -1,9 +1,21 @@
-"""Typed results: what ``core.analyze`` returns for each face."""
+"""Typed results, and the one output contract every front end writes them in.
+
+:meth:`FaceResult.as_dict` is the one field set of a face. The JSON outputs (``python -m core --json``, the
+app's JSON download, the HTTP API) give each image as :func:`image_dict`: ``{"file", "status", "faces"}``.
+The row outputs (CSV, JSON Lines, Parquet: the CLI, ``python -m core batch``, the app's CSV download) give
+each face as :func:`face_row`: the same fields flattened (``box`` to ``x, y, w, h``, ``age_range`` to
+``age_low, age_high``; landmarks only in JSON), under :data:`ROW_FIELDS`. The README's "Output" section
+documents both.
+"""
 
 from __future__ import annotations
 
+import csv
+import io
 from dataclasses import dataclass, field
 from typing import Any
+
+from core.errors import AgeGenderError
 
 
 @dataclass(frozen=True)
@@ -52,10 +64,10 @@ class FaceResult:
         return max(self.female_probability, 1.0 - self.female_probability)
 
     def as_dict(self) -> dict[str, Any]:
-        """Plain JSON-serialisable types only."""
+        """The face in the output contract: plain JSON types, box pixels as whole numbers."""
         return {
-            "box": {"x": round(float(self.box[0]), 1), "y": round(float(self.box[1]), 1),
-                    "w": round(float(self.box[2]), 1), "h": round(float(self.box[3]), 1)},
+            "box": {"x": round(float(self.box[0])), "y": round(float(self.box[1])),
+                    "w": round(float(self.box[2])), "h": round(float(self.box[3]))},
             "confidence": round(float(self.confidence), 4),
             "age": round(float(self.age), 1),
             "age_range": [round(float(self.age_range[0]), 1), round(float(self.age_range[1]), 1)],
@@ -66,3 +78,78 @@ class FaceResult:
             "cut_by_frame": bool(self.cut_by_frame),
             "landmarks": {k: [round(float(v[0]), 1), round(float(v[1]), 1)] for k, v in self.landmarks.items()},
         }
+
+
+#: Fields of :meth:`FaceResult.as_dict` that rows flatten, and what they become.
+_FLATTENED = {"box": ("x", "y", "w", "h"), "age_range": ("age_low", "age_high"), "landmarks": ()}
+
+
+def _face_fields() -> list[str]:
+    sample = FaceResult(box=(0, 0, 1, 1), confidence=1.0, age=1.0, age_range=(0.0, 2.0), female_probability=0.5)
+    names: list[str] = []
+    for key in sample.as_dict():
+        names.extend(_FLATTENED.get(key, (key,)))
+    return names
+
+
+#: The columns of every row output, in order: the image, the face's place in it, :meth:`FaceResult.as_dict`
+#: flattened, and the reason of an ``error`` row.
+ROW_FIELDS: list[str] = ["file", "status", "face", *_face_fields(), "error"]
+
+
+def face_row(name: str, index: int, face: FaceResult) -> dict[str, Any]:
+    """The row of the ``index``-th face (from 1) of image ``name``: :meth:`FaceResult.as_dict`, flattened."""
+    row: dict[str, Any] = {"file": name, "status": "ok", "face": index}
+    for key, value in face.as_dict().items():
+        if key == "box":
+            row.update(value)
+        elif key == "age_range":
+            row["age_low"], row["age_high"] = value
+        elif key != "landmarks":
+            row[key] = value
+    return row
+
+
+def status_of(result: list[FaceResult] | AgeGenderError) -> str:
+    """``ok`` (faces found), ``no_face`` or ``error`` (the image could not be read)."""
+    if isinstance(result, AgeGenderError):
+        return "error"
+    return "ok" if result else "no_face"
+
+
+def image_rows(name: str, result: list[FaceResult] | AgeGenderError) -> list[dict[str, Any]]:
+    """One image's rows: one per face, or one ``no_face`` or ``error`` row."""
+    status = status_of(result)
+    if isinstance(result, AgeGenderError):
+        return [{"file": name, "status": status, "error": str(result)}]
+    if not result:
+        return [{"file": name, "status": status}]
+    return [face_row(name, i, f) for i, f in enumerate(result, 1)]
+
+
+def image_dict(name: str | None, result: list[FaceResult] | AgeGenderError) -> dict[str, Any]:
+    """One image in JSON: ``{"file", "status", "faces": [FaceResult.as_dict(), ...]}``, and ``"error"`` (the
+    reason) where the status is ``error``."""
+    out: dict[str, Any] = {"file": name, "status": status_of(result)}
+    if isinstance(result, AgeGenderError):
+        out["faces"], out["error"] = [], str(result)
+    else:
+        out["faces"] = [f.as_dict() for f in result]
+    return out
+
+
+def csv_value(value: Any) -> Any:
+    """A row value as the CSV files write it: ``true`` / ``false`` for booleans, empty for a missing value."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return "" if value is None else value
+
+
+def csv_text(rows: list[dict[str, Any]]) -> str:
+    """Rows as a CSV file's text under :data:`ROW_FIELDS` (what the CSV outputs hold)."""
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=ROW_FIELDS, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: csv_value(row.get(k)) for k in ROW_FIELDS})
+    return out.getvalue()
