@@ -7,7 +7,14 @@
 Importing ``core`` loads no model and starts nothing; models load on the first ``analyze`` call.
 """
 
-from core.errors import AgeGenderError, FaceNotDetected, InvalidImage, ModelNotFound, WeightsMismatch
+from core.errors import (
+    AgeGenderError,
+    FaceNotDetected,
+    ImageTooLarge,
+    InvalidImage,
+    ModelNotFound,
+    WeightsMismatch,
+)
 from core.pipeline import analyze, analyze_many
 from core.results import FaceResult
 
@@ -15,6 +22,7 @@ __all__ = [
     "AgeGenderError",
     "FaceNotDetected",
     "FaceResult",
+    "ImageTooLarge",
     "InvalidImage",
     "ModelNotFound",
     "WeightsMismatch",

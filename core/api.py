@@ -1,13 +1,16 @@
 """HTTP JSON API on the same ``core.analyze``: ``python -m core.api [--host 127.0.0.1] [--port 8000]``.
 
 - ``POST /v1/analyze``: the image as multipart field ``image``, or as the raw request body. Query
-  parameters ``min_face_size``, ``threshold``, ``align``. Answers ``{"faces": [FaceResult.as_dict(), ...],
-  "image": {"width": W, "height": H}}``.
+  parameters ``min_face_size``, ``threshold``, ``align``. Answers the output contract's image,
+  ``{"file", "status", "faces": [FaceResult.as_dict(), ...]}`` (:func:`core.results.image_dict`; ``file`` is the
+  multipart file's name, else null), with ``"image": {"width": W, "height": H}``.
 - ``GET /healthz``: liveness, whether the models are loaded, and what runs them (runtime, precision).
-- ``GET /openapi.json``, ``GET /docs``: the schema.
+- ``GET /openapi.json``, ``GET /docs`` (Swagger UI), ``GET /redoc``: the schema, its pages served from this
+  server's own files (:mod:`core.api_support`).
 
-Bad input is a 4xx JSON error ``{"error": code, "detail": message}``, never a 500. Images are analysed in
-memory and never stored or logged.
+Bad input is a 4xx JSON error ``{"error": code, "detail": message}``, never a 500: an unknown path or method
+and a bad query parameter too; an image over the byte or pixel limit is ``413 too_large``. Images are analysed
+in memory and never stored or logged.
 
 Admission is bounded: at most ``max_queue`` analyze requests are in flight or waiting at once (``--max-queue``,
 or the environment variable ``AGEGENDER_API_MAX_QUEUE``; default 32), holding at most ``max_queue_mb`` MiB of
@@ -20,7 +23,7 @@ decoded only by the thread that analyses it: admitted requests are decoded and a
 threads of the app's own (AGEGENDER_API_WORKERS, default 1: the detector and the models run one image at a
 time behind their locks, so more threads add little but memory; see :func:`create_app`), and a photo of more
 than ``--max-megapixels`` (AGEGENDER_API_MAX_MEGAPIXELS; default 100, the library's limit) is refused by its
-header before it is decoded (400 ``invalid_image``). Decoding is the largest memory a single photo takes.
+header before it is decoded (413 ``too_large``, as the library's own pixel limit is). Decoding is the largest memory a single photo takes.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import argparse
 import asyncio
 import io
 import os
+import sys
 import threading
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
@@ -43,12 +47,13 @@ from PIL import Image
 from starlette.formparsers import MultiPartParser
 
 from core import memory
-from core.errors import InvalidImage, ModelNotFound
+from core.api_support import error, install_error_bodies, install_offline_docs, serve
+from core.errors import ImageTooLarge, InvalidImage, ModelNotFound
 from core.image import MAX_BYTES, MAX_PIXELS, load_image
 from core.models import load_models
 from core.pipeline import DEFAULT_MIN_FACE_SIZE, DEFAULT_THRESHOLD, prepare
 from core.pipeline import analyze as analyze_image
-from core.results import FaceResult
+from core.results import FaceResult, image_dict
 
 #: Largest request accepted, in bytes (the image plus multipart overhead).
 MAX_REQUEST_BYTES = MAX_BYTES + 64 * 1024
@@ -89,15 +94,11 @@ _IMAGE_BODY = {
     },
     "responses": {
         "400": {"description": "Not a readable image, or no image sent"},
-        "413": {"description": "Request too large"},
+        "413": {"description": "Request too large, or an image of more pixels than the limit (error \"too_large\")"},
         "503": {"description": "Busy (error \"busy\": the request queue is full; retry after the Retry-After "
                                "header's seconds), or the models are not installed (error \"models_missing\")"},
     },
 }
-
-
-def error(status: int, code: str, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse(status_code=status, content={"error": code, "detail": detail}, headers=headers)
 
 
 class Admission:
@@ -211,14 +212,14 @@ def workers_setting(value: int | None = None) -> int:
 
 
 def check_megapixels(data: bytes, max_megapixels: int) -> None:
-    """Refuse (:class:`InvalidImage`) a photo of more than ``max_megapixels`` by its header, before decoding it;
+    """Refuse (:class:`ImageTooLarge`) a photo of more than ``max_megapixels`` by its header, before decoding it;
     what is not a readable header is left to :func:`core.image.load_image` to report."""
     try:
         w, h = Image.open(io.BytesIO(data)).size
     except Exception:  # noqa: BLE001 - load_image says what is wrong with it
         return
     if w * h > max_megapixels * 1_000_000:
-        raise InvalidImage(f"the uploaded image is {w}x{h} = {w * h / 1e6:.0f} megapixels; this server takes at most "
+        raise ImageTooLarge(f"the uploaded image is {w}x{h} = {w * h / 1e6:.0f} megapixels; this server takes at most "
                            f"{max_megapixels}. Resize the photo first.")
 
 
@@ -254,7 +255,7 @@ def create_app(models_dir: str | Path | None = None, *, max_queue: int | None = 
     of freed buffers. On Starlette's shared thread pool (up to 40 threads) 16 concurrent clients took the
     server from 1.1 GB to 4 GB. On one thread of its own it stays flat at about 1.7 GB; two threads (which
     overlap one image's decoding and cropping with another's detection or model call) stayed under 2.2 GB
-    but moved between 1.7 and 2.1 GB (``python -m bench.load``, README).
+    but moved between 1.7 and 2.1 GB (``python -m bench.load``, docs/speed.md).
     """
     admission = Admission(max_queue_setting(max_queue), max_queue_mb_setting(max_queue_mb) * 2**20)
     megapixels = max_megapixels_setting(max_megapixels)
@@ -265,8 +266,10 @@ def create_app(models_dir: str | Path | None = None, *, max_queue: int | None = 
         yield
         executor.shutdown(wait=False, cancel_futures=True)
 
-    app = FastAPI(title="Age & gender API", version="1", lifespan=lifespan,
-                  description="Faces, apparent age and gender probability for a photo.")
+    app = FastAPI(title="Age & gender API", version="1", lifespan=lifespan, docs_url=None, redoc_url=None,
+                  description="Faces, apparent age and female probability for a photo.")
+    install_error_bodies(app)
+    install_offline_docs(app)
     app.state.admission = admission
     app.state.executor = executor
 
@@ -316,9 +319,12 @@ def create_app(models_dir: str | Path | None = None, *, max_queue: int | None = 
                        threshold=threshold, align=align, models=models)
         try:
             (width, height), faces = await asyncio.get_running_loop().run_in_executor(executor, work)
+        except ImageTooLarge as exc:
+            return error(413, "too_large", str(exc))
         except InvalidImage as exc:
             return error(400, "invalid_image", str(exc))
-        return {"faces": [f.as_dict() for f in faces], "image": {"width": width, "height": height}}
+        return {**image_dict(getattr(request.state, "filename", None), faces),
+                "image": {"width": width, "height": height}}
 
     return app
 
@@ -350,6 +356,7 @@ async def _read_image_bytes(request: Request, charge: Charge) -> bytes | JSONRes
             if upload is None or isinstance(upload, str):
                 return error(400, "missing_image", "send the photo as the multipart file field 'image'")
             data = await upload.read(MAX_REQUEST_BYTES + 1)
+            request.state.filename = upload.filename
         finally:
             await form.close()
     else:
@@ -359,9 +366,11 @@ async def _read_image_bytes(request: Request, charge: Charge) -> bytes | JSONRes
         data = bytes(data)
     if len(data) > MAX_BYTES:
         return error(413, "too_large", f"the image is larger than {MAX_BYTES // 2**20} MiB")
+    if not data and content_type.startswith("multipart/form-data"):
+        return error(400, "invalid_image", "the file sent as 'image' is empty (0 bytes): send the photo itself")
     if not data:
-        return error(400, "missing_image", "no image sent: POST the photo as multipart field 'image' or as "
-                                           "the raw body")
+        return error(400, "missing_image", "the request body is empty (0 bytes): POST the photo as the raw body or "
+                                           "as the multipart file field 'image'")
     return data
 
 
@@ -372,11 +381,18 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _port(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"a port is between 0 and 65535, not {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m core.api", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--port", type=_port, default=8000, help="0: any free port (the ready line says which)")
     parser.add_argument("--models-dir")
     parser.add_argument("--max-queue", type=_positive_int,
                         help=f"analyze requests in flight or waiting before new ones get 503 busy (default: "
@@ -391,14 +407,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> None:
-    import uvicorn
-
+def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     app = create_app(args.models_dir, max_queue=args.max_queue, workers=args.workers, max_queue_mb=args.max_queue_mb,
                      max_megapixels=args.max_megapixels)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
+    return serve(app, args.host, args.port)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

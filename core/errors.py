@@ -11,6 +11,10 @@ class InvalidImage(AgeGenderError, ValueError):
     """The input could not be turned into an RGB image (empty, not an image, truncated, too large)."""
 
 
+class ImageTooLarge(InvalidImage):
+    """The input is over a size limit: too many bytes, or too many pixels to decode safely."""
+
+
 class FaceNotDetected(AgeGenderError, ValueError):
     """No face was found and the caller asked for at least one (``enforce_detection=True``)."""
 

@@ -17,7 +17,7 @@ from typing import IO
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from core.errors import InvalidImage
+from core.errors import ImageTooLarge, InvalidImage
 
 #: Largest image accepted, in pixels (about 100 megapixels: a 50 MP phone photo passes).
 MAX_PIXELS = 100_000_000
@@ -28,6 +28,8 @@ MAX_BYTES = 64 * 1024 * 1024
 ImageInput = bytes | bytearray | memoryview | str | Path | IO[bytes] | Image.Image | np.ndarray
 
 SUPPORTED = "JPEG, PNG, WebP, BMP, GIF or TIFF"
+#: File name endings of :data:`SUPPORTED` (the app's uploader accepts these; a GIF's first frame is used).
+SUPPORTED_SUFFIXES = ["jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff"]
 
 
 def load_image(source: ImageInput, *, name: str | None = None) -> np.ndarray:
@@ -45,7 +47,7 @@ def load_image(source: ImageInput, *, name: str | None = None) -> np.ndarray:
     if not data:
         raise InvalidImage(f"{label} is empty (0 bytes). Choose a photo file ({SUPPORTED}).")
     if len(data) > MAX_BYTES:
-        raise InvalidImage(f"{label} is {len(data) / 2**20:.0f} MiB; the limit is {MAX_BYTES // 2**20} MiB. "
+        raise ImageTooLarge(f"{label} is {len(data) / 2**20:.0f} MiB; the limit is {MAX_BYTES // 2**20} MiB. "
                            "Resize or recompress the photo.")
     try:
         with warnings.catch_warnings():
@@ -59,8 +61,8 @@ def load_image(source: ImageInput, *, name: str | None = None) -> np.ndarray:
         raise
     except (UnidentifiedImageError, Image.DecompressionBombError) as exc:
         if isinstance(exc, UnidentifiedImageError):
-            raise InvalidImage(f"{label} is not an image this app can read. Use a {SUPPORTED} file.") from None
-        raise InvalidImage(f"{label} claims too many pixels. Use a photo under "
+            raise InvalidImage(f"{label} is not a {SUPPORTED} image.") from None
+        raise ImageTooLarge(f"{label} claims too many pixels. Use a photo under "
                            f"{MAX_PIXELS // 1_000_000} megapixels.") from None
     except (OSError, ValueError, SyntaxError, EOFError, IndexError, TypeError, struct.error) as exc:
         # IndexError / TypeError / struct.error: Pillow's parsers raise these on some corrupt headers (found by
@@ -78,7 +80,7 @@ def _read_bytes(source: ImageInput, label: str) -> bytes:
             raise InvalidImage(f"{path} does not exist or is not a file. Check the path.")
         size = path.stat().st_size
         if size > MAX_BYTES:
-            raise InvalidImage(f"{label} is {size / 2**20:.0f} MiB; the limit is {MAX_BYTES // 2**20} MiB. "
+            raise ImageTooLarge(f"{label} is {size / 2**20:.0f} MiB; the limit is {MAX_BYTES // 2**20} MiB. "
                                "Resize or recompress the photo.")
         return path.read_bytes()
     if hasattr(source, "read"):
@@ -93,7 +95,7 @@ def _check_pixels(size: tuple[int, int], label: str) -> None:
     if w < 1 or h < 1:
         raise InvalidImage(f"{label} has no pixels ({w}x{h}).")
     if w * h > MAX_PIXELS:
-        raise InvalidImage(f"{label} is {w}x{h} = {w * h / 1e6:.0f} megapixels; the limit is "
+        raise ImageTooLarge(f"{label} is {w}x{h} = {w * h / 1e6:.0f} megapixels; the limit is "
                            f"{MAX_PIXELS // 1_000_000}. Resize the photo first.")
 
 
