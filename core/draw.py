@@ -16,10 +16,9 @@ COLORS = {"female": FEMALE_COLOR, "male": MALE_COLOR, "uncertain": UNCERTAIN_COL
 
 
 def face_label(index: int, face: FaceResult) -> str:
-    """ "n: age F 97%", or "n: age ?" where the gender is uncertain."""
-    if not face.gender_reliable:
-        return f"{index}: {face.age:.0f} ?"
-    return f"{index}: {face.age:.0f} {'F' if face.gender == 'female' else 'M'} {face.gender_probability:.0%}"
+    """ "n: age F" (or M), or "n: age ?" where the gender is uncertain: the face's number in the results table,
+    its age and gender, and no percentage (it would read as the detector's confidence)."""
+    return f"{index}: {face.age:.0f} {'?' if not face.gender_reliable else face.gender[0].upper()}"
 
 
 def shrink(rgb: np.ndarray, max_side: int | None) -> tuple[np.ndarray, float]:
@@ -32,7 +31,7 @@ def shrink(rgb: np.ndarray, max_side: int | None) -> tuple[np.ndarray, float]:
 
 
 def annotate(rgb: np.ndarray, faces: Sequence[FaceResult], *, max_side: int | None = None) -> np.ndarray:
-    """A copy of ``rgb`` with each face boxed, numbered from 1 and labelled "n: age F/M p%" (grey "n: age ?"
+    """A copy of ``rgb`` with each face boxed, numbered from 1 and labelled "n: age F/M" (grey "n: age ?"
     where the gender is uncertain).
 
     With ``max_side`` the copy is first downscaled (for display of very large photos).
@@ -40,7 +39,8 @@ def annotate(rgb: np.ndarray, faces: Sequence[FaceResult], *, max_side: int | No
     out, scale = shrink(rgb, max_side)
     h, w = out.shape[:2]
     thickness = max(1, round(max(h, w) / 400))
-    font_scale = max(0.4, max(h, w) / 1400)
+    # text about 1/45 of the longer side high: readable where the page draws the photo small (a phone)
+    font_scale = max(0.45, max(h, w) / 1000)
     for i, face in enumerate(faces, 1):
         x, y, bw, bh = (round(v * scale) for v in face.box)
         color = COLORS[face.gender]

@@ -137,6 +137,19 @@ class Stage:
         return f"{self.label} ({self.kind}{', from scratch' if self.run.get('init') == 'scratch' else ''})"
 
     @property
+    def summary(self) -> str:
+        """The stage in words, without its training settings (those are :attr:`description`)."""
+        what = {"multitask": "age and gender together"}.get(self.kind, self.kind)
+        start = "from scratch" if self.run.get("init") == "scratch" else "from an earlier network"
+        if self.label == "backbone":
+            return f"A shared network learned {what}, {start}."
+        if self.label == "fine-tune":
+            return f"The {self.kind} model started from that shared network and learned {what} alone."
+        if self.label == "training":
+            return f"The {self.kind} model learned {what}, {start}."
+        return f"The {self.kind} model was trained further ({self.label})."
+
+    @property
     def description(self) -> str:
         r = self.run
         frozen = f", blocks 1-{r['freeze_blocks']} frozen" if r.get("freeze_blocks") else ""

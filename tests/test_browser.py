@@ -169,6 +169,33 @@ def test_the_app_in_a_real_browser(tmp_path, tiny_models, astronaut_jpeg):
     assert all(s.stat().st_size > 10_000 for s in shots)
 
 
+@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian chromium is not installed (.ci/run installs it)")
+def test_a_portrait_photo_at_phone_width(tmp_path, tiny_models, astronaut):
+    """At 390 px (a phone), a portrait photo fits the screen's width, is drawn at a bounded height, the table
+    follows right below it, and nothing makes the page scroll sideways."""
+    pytest.importorskip("playwright", reason="playwright (pip) is not installed")
+    import numpy as np
+    from playwright.sync_api import sync_playwright
+
+    from conftest import encode
+    from ui.view import SHOWN_MAX_HEIGHT
+
+    photo = tmp_path / "portrait.jpg"
+    photo.write_bytes(encode(np.concatenate([astronaut, astronaut], axis=0), "JPEG"))  # 512 x 1024
+    with running_app({"AGEGENDER_MODELS_DIR": str(tiny_models)}) as url, sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 390, "height": 844}, device_scale_factor=2, is_mobile=True)
+        upload_and_wait(page, url, photo)
+        page.wait_for_timeout(1000)
+        shown = page.get_by_test_id("stImage").locator("img").first.bounding_box()
+        table = page.get_by_test_id("stDataFrame").first.bounding_box()
+        overflow = page.evaluate("document.documentElement.scrollWidth - document.documentElement.clientWidth")
+        browser.close()
+    assert shown["width"] <= 390 and shown["height"] <= SHOWN_MAX_HEIGHT + 1, shown
+    assert table["y"] - (shown["y"] + shown["height"]) < 200, (shown, table)  # the table right below the photo
+    assert overflow <= 0, overflow
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description="Take README screenshots of the app as shipped.")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "screenshots")

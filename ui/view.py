@@ -26,6 +26,7 @@ from core.models import AgeGenderModels, models_dir
 from core.models import require_models as check_model_files
 from core.pipeline import DEFAULT_MIN_FACE_SIZE, DEFAULT_THRESHOLD, face_crop, prepare
 from core.reliability import GenderReliability
+from core.results import csv_text, image_dict, image_rows
 
 #: Photos are shown and offered for download at most this large (a 50 MP photo would be a 100 MB PNG).
 DISPLAY_MAX_SIDE = 2048
@@ -36,7 +37,7 @@ PHOTOS_PER_PAGE = 5
 
 
 #: Loading the detector and both models takes 1-2 s on the project's 2-core machines, up to about 10 s on a
-#: machine's first start (MTCNN's conversion to LiteRT, OpenVINO's first compile; README, Speed). The progress
+#: machine's first start (MTCNN's conversion to LiteRT, OpenVINO's first compile; docs/speed.md). The progress
 #: bar runs on the longer time, so it never stalls at its end on a first start.
 TYPICAL_LOAD_S = 2.0
 FIRST_START_LOAD_S = 10.0
@@ -180,24 +181,43 @@ def sidebar_settings() -> Settings:
 
 
 def results_table(faces: list[core.FaceResult]) -> pd.DataFrame:
-    """One row per face, the columns a person reads at once (also the CSV download); "why uncertain" and "cut
-    by the frame" only where some face has one."""
+    """One row per face, the columns a person reads at once, under the output contract's names (README,
+    "Output"); "cut by the frame" only where some face is; why a gender is uncertain is said below the table
+    (:func:`uncertain_reasons`), in full."""
     rows = []
     for i, f in enumerate(faces, 1):
+        d = f.as_dict()
         rows.append({
             "face": i,
-            "age": round(f.age, 1),
-            "age range": f"{f.age_range[0]:.0f}-{f.age_range[1]:.0f}",
-            "gender": f.gender if f.gender_reliable else f"uncertain (leans {f.likely_gender})",
-            "gender probability": round(f.gender_probability, 2),
-            "detection confidence": round(f.confidence, 2),
-            "why uncertain": f.gender_note or "",
-            "cut by the frame": "yes" if f.cut_by_frame else "",
+            "age": d["age"],
+            "age range": f"{d['age_range'][0]:.0f}-{d['age_range'][1]:.0f}",
+            "gender": d["gender"],
+            "female probability": d["female_probability"],
+            "detection confidence": d["confidence"],
+            "cut by the frame": "yes" if d["cut_by_frame"] else "",
         })
     table = pd.DataFrame(rows)
-    if not any(not f.gender_reliable for f in faces):
-        table = table.drop(columns="why uncertain")
     return table if any(f.cut_by_frame for f in faces) else table.drop(columns="cut by the frame")
+
+
+def uncertain_reasons(faces: list[core.FaceResult]) -> list[str]:
+    """"face N: why its gender is uncertain", for each face whose gender is."""
+    return [f"face {i}: {f.gender_note}" for i, f in enumerate(faces, 1) if not f.gender_reliable and f.gender_note]
+
+
+def downloads(name: str, faces: list[core.FaceResult]) -> tuple[str, str]:
+    """The CSV and JSON downloads of one photo's faces, in the output contract (:mod:`core.results`)."""
+    return csv_text(image_rows(name, faces)), json.dumps(image_dict(name, faces), indent=2)
+
+
+#: Photos are drawn at most this many pixels high on the page, so the table below stays in view.
+SHOWN_MAX_HEIGHT = 560
+
+
+def shown_width(rgb: np.ndarray) -> int:
+    """The width to draw ``rgb`` at: :data:`SHOWN_MAX_HEIGHT` high at most (narrower on a narrow screen)."""
+    h, w = rgb.shape[:2]
+    return max(1, min(w, round(SHOWN_MAX_HEIGHT * w / h)))
 
 
 #: Help texts of the result table's columns.
@@ -208,10 +228,10 @@ COLUMN_HELP = {
     "age range": "on held-out faces the true age fell inside such a range for about 80 % of them",
     "gender": "the gender label the model gives (UTKFace's binary label); 'uncertain' where validation data "
               "says it is unreliable for such a face",
-    "gender probability": "the model's probability of the gender in the gender column (for an uncertain one: "
-                          "of the side it leans to)",
-    "detection confidence": "how sure the face detector (MTCNN) is that this is a face",
-    "why uncertain": "the validation result that makes this face's gender uncertain",
+    "female probability": "the gender model's probability that the face is labelled female, 0 to 1: 0.9 leans "
+                          "female, 0.1 leans male, near 0.5 it cannot tell",
+    "detection confidence": "how sure the face detector is that this is a face (not how sure the age or "
+                            "gender is)",
     "cut by the frame": "the face reaches the photo's edge, so part of it may be cut off: its age and gender "
                         "rest on less of the face",
 }
@@ -236,7 +256,7 @@ def reliability_text(gender_metadata: dict) -> str:
                      + (f" ({rule.band_accuracy:.0%})" if rule.band_accuracy is not None else ""))
     text = " ".join(parts) + "."
     when = (block.get("computed_on") or {}).get("computed", "")[:10]
-    text += f" Measured by `python -m train.reliability`{' on ' + when if when else ''}."
+    text += f" Measured on the validation faces{' on ' + when if when else ''}."
     if v.get("n"):
         text += f" On the {v['n']} validation faces that leaves {v['uncertain_share']:.0%} uncertain"
         text += (f"; the labels shown were right {v['accuracy_shown']:.1%} of the time (all faces: "
@@ -323,11 +343,12 @@ def show_result(name: str, rgb: np.ndarray, faces: list[core.FaceResult], *, key
     if not faces:
         st.info(f"No face found in {name}{took}. Try a smaller minimum face size or a lower detection threshold "
                 "in the sidebar, or a photo where the face is larger and facing the camera.")
-        st.image(shrink(rgb, DISPLAY_MAX_SIDE)[0], width="stretch")
+        small = shrink(rgb, DISPLAY_MAX_SIDE)[0]
+        st.image(small, width=shown_width(small))
         return
     annotated = annotate(rgb, faces, max_side=DISPLAY_MAX_SIDE)
     n = f"{len(faces)} face{'s' if len(faces) != 1 else ''}"
-    st.image(annotated, caption=n, width="stretch")
+    st.image(annotated, caption=n, width=shown_width(annotated))
     if seconds is not None:
         st.caption(f"{n} found and analysed{took} (detection, crops and both models).")
     table = results_table(faces)
@@ -339,12 +360,8 @@ def show_result(name: str, rgb: np.ndarray, faces: list[core.FaceResult], *, key
               for c in shown.columns}
     config.update({c: st.column_config.ImageColumn(c, help=COLUMN_HELP["model input"]) for c in shown.columns
                    if c.endswith("model input")})
-    # wide enough for "uncertain (leans female)" and for the reason next to it, not cut to their first words
-    config["gender"] = st.column_config.Column(help=COLUMN_HELP.get("gender"), width=175)
-    if "why uncertain" in shown.columns:
-        config["why uncertain"] = st.column_config.Column(help=COLUMN_HELP.get("why uncertain"), width="large")
     styled = shown.style.map(_gender_style, subset=["gender"]).format(
-        {"age": "{:.1f}", "gender probability": "{:.2f}", "detection confidence": "{:.2f}"})
+        {"age": "{:.1f}", "female probability": "{:.2f}", "detection confidence": "{:.2f}"})
     row_height = 64 if models is not None else None
     # every face's row visible without scrolling inside the table (a group photo's sixth face was hidden
     # below the default ten-row height at 64 px rows); beyond TABLE_ROWS faces the table scrolls
@@ -355,12 +372,13 @@ def show_result(name: str, rgb: np.ndarray, faces: list[core.FaceResult], *, key
     if uncertain:
         st.caption(f"Gender shown as *uncertain* for {uncertain} of {len(faces)} faces: on validation faces like "
                    "these the gender model was right too rarely to give a label (see the Home page).")
+        reasons = uncertain_reasons(faces)
+        if reasons:
+            st.markdown("**Why uncertain**\n" + "".join(f"\n- {r}" for r in reasons))
     stem = name.rsplit(".", 1)[0]
     c1, c2, c3 = st.columns(3)
     png = partial(_annotated_png, source, faces) if source is not None else _png(annotated)
     c1.download_button("Annotated image (PNG)", png, f"{stem}_annotated.png", "image/png", key=f"{key}-png")
-    c2.download_button("Results (CSV)", table.to_csv(index=False), f"{stem}_faces.csv", "text/csv",
-                       key=f"{key}-csv")
-    payload = json.dumps({"file": name, "seconds": None if seconds is None else round(seconds, 3),
-                          "faces": [f.as_dict() for f in faces]}, indent=2)
+    table_csv, payload = downloads(name, faces)
+    c2.download_button("Results (CSV)", table_csv, f"{stem}_faces.csv", "text/csv", key=f"{key}-csv")
     c3.download_button("Results (JSON)", payload, f"{stem}_faces.json", "application/json", key=f"{key}-json")
