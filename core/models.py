@@ -96,7 +96,7 @@ def bf16_policy_available() -> bool:
     The measurement is the inference export's (:func:`core.runtime.measured_precision`, the shipped age
     model's layers, timed once per CPU and remembered); it predicts training too: on an Intel Xeon with
     AVX512-BF16 but no AMX, inference ran 1.7x and a fine-tune 1.7x faster in float32 (19.7 against 11.5
-    images/s, README "Training"). Without a usable export of the shipped models, a bf16 CPU counts as fast.
+    images/s, docs/training.md). Without a usable export of the shipped models, a bf16 CPU counts as fast.
     """
     hardware.import_tensorflow()
     import tensorflow as tf
@@ -396,7 +396,7 @@ class AgeGenderModels:
 
     Test-time flip follows each model's metadata (``tta_flip``) unless ``tta`` is given; the environment
     variable AGEGENDER_TTA=0 or 1 sets that default (without the flipped copy the models run twice as fast),
-    and AGEGENDER_TTA=gender or =age flips that model only (1.27x the chips/s of both; README "Speed").
+    and AGEGENDER_TTA=gender or =age flips that model only (1.27x the chips/s of both; docs/speed.md).
     """
 
     def __init__(self, directory: str | Path | None = None, *, tta: bool | None = None):

@@ -5,7 +5,7 @@ for each model ``<task>_model.trunk.xml/.bin`` (VGG blocks 1-2, up to ``pool2``:
 :data:`core.models.TRUNK_END`) and ``<task>_model.head.xml/.bin`` (the rest), and a sidecar
 ``<task>_model.export.json`` with the source ``.h5``'s sha256, the runtime and its version, a digest of the
 trunk's weights and the parity numbers measured at export. On a CPU without bf16 math it computes what Keras
-computes in float32 in about the same time (README, "Speed"), but it loads in a fraction of a second where
+computes in float32 in about the same time (docs/speed.md), but it loads in a fraction of a second where
 Keras needs TensorFlow's model loading, the batch-norm folding and tracing.
 
 ``AGEGENDER_RUNTIME`` chooses:
@@ -21,8 +21,8 @@ Precisions: ``float32``; ``bfloat16`` where the CPU has bf16 math; ``int8`` wher
 :mod:`train.quantize`). On the test splits int8 moved ages by 0.06 years on average and the age MAE and
 gender accuracy by less than 0.005 years and 0.05 points; it ran 1.7x float32's speed with AVX2 and 2.6x
 with AVX-512 VNNI. Which is fastest differs by CPU: OpenVINO's bf16 ran the models twice as fast as float32
-on an AMD EPYC (Zen 4, AVX512-BF16) and 1.7x slower on an Intel Xeon with AVX512-BF16 but no AMX (README,
-"Speed"). So where there is more than one candidate, :func:`measured_precision` times them once, on the
+on an AMD EPYC (Zen 4, AVX512-BF16) and 1.7x slower on an Intel Xeon with AVX512-BF16 but no AMX
+(docs/speed.md). So where there is more than one candidate, :func:`measured_precision` times them once, on the
 shipped model's own layers, and remembers the fastest for this CPU in the cache folder.
 ``AGEGENDER_PRECISION=float32|bfloat16|int8`` skips the measurement.
 """

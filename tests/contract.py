@@ -9,10 +9,10 @@ from typing import Any
 
 #: A face in JSON, in this order (``FaceResult.as_dict``).
 FACE_KEYS = ["box", "confidence", "age", "age_range", "gender", "female_probability", "gender_reliable",
-             "gender_note", "landmarks"]
+             "gender_note", "cut_by_frame", "landmarks"]
 #: The columns of the row outputs (CSV, JSON Lines, Parquet), in this order.
 ROW_COLUMNS = ["file", "status", "face", "x", "y", "w", "h", "confidence", "age", "age_low", "age_high", "gender",
-               "female_probability", "gender_reliable", "gender_note", "error"]
+               "female_probability", "gender_reliable", "gender_note", "cut_by_frame", "error"]
 GENDERS = {"female", "male", "uncertain"}
 
 
@@ -25,7 +25,7 @@ def check_face(face: dict[str, Any]) -> None:
     assert 0.0 <= face["confidence"] <= 1.0 and 0.0 <= face["female_probability"] <= 1.0
     low, high = face["age_range"]
     assert low <= face["age"] <= high
-    assert face["gender"] in GENDERS and type(face["gender_reliable"]) is bool
+    assert face["gender"] in GENDERS and type(face["gender_reliable"]) is bool and type(face["cut_by_frame"]) is bool
     assert (face["gender"] == "uncertain") == (not face["gender_reliable"])
     assert (face["gender_note"] is None) == face["gender_reliable"]
     if face["gender_reliable"]:  # the label shown is the side the probability leans to
@@ -49,7 +49,7 @@ def check_row(row: dict[str, Any]) -> None:
         return
     assert list(row) == [c for c in ROW_COLUMNS if c != "error"]
     assert all(type(row[k]) is int for k in ("face", "x", "y", "w", "h"))
-    assert type(row["gender_reliable"]) is bool and row["gender"] in GENDERS
+    assert type(row["gender_reliable"]) is bool and type(row["cut_by_frame"]) is bool and row["gender"] in GENDERS
 
 
 def check_csv(text: str) -> list[dict[str, str]]:
@@ -60,7 +60,8 @@ def check_csv(text: str) -> list[dict[str, str]]:
         assert row["status"] in ("ok", "no_face", "error")
         if row["status"] == "ok":
             assert all(row[k].isdigit() for k in ("face", "x", "y", "w", "h")), row
-            assert row["gender_reliable"] in ("true", "false") and row["gender"] in GENDERS
+            assert row["gender_reliable"] in ("true", "false") and row["cut_by_frame"] in ("true", "false")
+            assert row["gender"] in GENDERS
             assert float(row["age_low"]) <= float(row["age"]) <= float(row["age_high"])
             assert row["error"] == ""
     return rows

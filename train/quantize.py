@@ -5,7 +5,7 @@
 Each exported model runs as a trunk (VGG blocks 1-2) and a head (blocks 3-5 and the output layers, four
 fifths of the arithmetic with the flip, see :mod:`core.models`). This puts the head's nine convolutions on
 int8, the way OpenVINO's CPU plugin runs them with int8 kernels (about 1.7x the float32 speed with AVX2 and
-2.6x with AVX-512 VNNI, README "Speed"):
+2.6x with AVX-512 VNNI, docs/speed.md):
 
 - **weights**: per output channel, symmetric, 255 levels (``scale = max |w| / 127``), stored as int8 with
   their scales (``Convert`` + ``Multiply`` before each convolution);
