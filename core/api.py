@@ -23,7 +23,8 @@ decoded only by the thread that analyses it: admitted requests are decoded and a
 threads of the app's own (AGEGENDER_API_WORKERS, default 1: the detector and the models run one image at a
 time behind their locks, so more threads add little but memory; see :func:`create_app`), and a photo of more
 than ``--max-megapixels`` (AGEGENDER_API_MAX_MEGAPIXELS; default 100, the library's limit) is refused by its
-header before it is decoded (413 ``too_large``, as the library's own pixel limit is). Decoding is the largest memory a single photo takes.
+header before it is decoded (413 ``too_large``, as the library's own pixel limit is). Decoding is the largest
+memory a single photo takes.
 """
 
 from __future__ import annotations

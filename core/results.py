@@ -80,21 +80,12 @@ class FaceResult:
         }
 
 
-#: Fields of :meth:`FaceResult.as_dict` that rows flatten, and what they become.
-_FLATTENED = {"box": ("x", "y", "w", "h"), "age_range": ("age_low", "age_high"), "landmarks": ()}
-
-
-def _face_fields() -> list[str]:
-    sample = FaceResult(box=(0, 0, 1, 1), confidence=1.0, age=1.0, age_range=(0.0, 2.0), female_probability=0.5)
-    names: list[str] = []
-    for key in sample.as_dict():
-        names.extend(_FLATTENED.get(key, (key,)))
-    return names
-
-
 #: The columns of every row output, in order: the image, the face's place in it, :meth:`FaceResult.as_dict`
-#: flattened, and the reason of an ``error`` row.
-ROW_FIELDS: list[str] = ["file", "status", "face", *_face_fields(), "error"]
+#: flattened (``box`` to ``x, y, w, h``, ``age_range`` to ``age_low, age_high``, no landmarks) and the reason of
+#: an ``error`` row. Append-only: a new field goes at the end, so that readers by position keep working
+#: (tests/test_contract.py checks that it holds every field of ``as_dict``).
+ROW_FIELDS: list[str] = ["file", "status", "face", "x", "y", "w", "h", "confidence", "age", "age_low", "age_high",
+                         "gender", "female_probability", "gender_reliable", "gender_note", "error", "cut_by_frame"]
 
 
 def face_row(name: str, index: int, face: FaceResult) -> dict[str, Any]:

@@ -10,9 +10,9 @@ from typing import Any
 #: A face in JSON, in this order (``FaceResult.as_dict``).
 FACE_KEYS = ["box", "confidence", "age", "age_range", "gender", "female_probability", "gender_reliable",
              "gender_note", "cut_by_frame", "landmarks"]
-#: The columns of the row outputs (CSV, JSON Lines, Parquet), in this order.
+#: The columns of the row outputs (CSV, JSON Lines, Parquet), in this order (new ones only ever at the end).
 ROW_COLUMNS = ["file", "status", "face", "x", "y", "w", "h", "confidence", "age", "age_low", "age_high", "gender",
-               "female_probability", "gender_reliable", "gender_note", "cut_by_frame", "error"]
+               "female_probability", "gender_reliable", "gender_note", "error", "cut_by_frame"]
 GENDERS = {"female", "male", "uncertain"}
 
 

@@ -30,6 +30,9 @@ def test_a_face_in_the_contract():
 
 def test_rows_flatten_the_face_and_nothing_else():
     assert ROW_FIELDS == ROW_COLUMNS
+    flattened = {"box": {"x", "y", "w", "h"}, "age_range": {"age_low", "age_high"}, "landmarks": set()}
+    fields = set().union(*(flattened.get(k, {k}) for k in FACE.as_dict()))
+    assert fields == set(ROW_FIELDS) - {"file", "status", "face", "error"}  # every field of as_dict, no other
     row = face_row("a.jpg", 1, FACE)
     check_row(row)
     d = FACE.as_dict()

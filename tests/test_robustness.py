@@ -402,7 +402,8 @@ def test_api_bad(cases, client, name):
     r = post(client, cases[name])
     assert 400 <= r.status_code < 500, r.text
     body = r.json()
-    assert body["error"] in ("invalid_image", "missing_image") and body["detail"]
+    assert body["error"] in ("invalid_image", "missing_image", "too_large") and body["detail"]
+    assert (body["error"] == "too_large") == (r.status_code == 413)  # too many pixels, like too many bytes
 
 
 @pytest.mark.parametrize("name", GOOD)
