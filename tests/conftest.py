@@ -19,7 +19,7 @@ What is deterministic, and what is not:
   order on AVX2, AVX-512 or AMX), on the TensorFlow/oneDNN/LiteRT versions, and MTCNN's landmarks of the
   training chips move with them, so the tiny models' weights differ in their last bits from one machine to
   another, and one epoch does not settle them. Nor are the tiny models smooth: a landmark 1-2 px off moved
-  an age by 6 years (issue #16). So tests assert what the pipeline guarantees (boxes, crops, shapes, ranges,
+  an age by 6 years. So tests assert what the pipeline guarantees (boxes, crops, shapes, ranges,
   types, equal outputs for equal inputs); they never compare a tiny model's output for two different inputs,
   nor against a fixed number. A test that compares ages must use the shipped models (``models/*.h5``).
 """

@@ -54,6 +54,17 @@ def test_framework_refusals_have_the_documented_body(client, method, path, statu
         assert "POST" in r.headers["allow"]
 
 
+def test_even_a_failure_of_the_server_has_the_documented_body(tiny_models, astronaut_jpeg, monkeypatch):
+    import core.api
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(core.api, "analyze_image", broken)
+    r = TestClient(create_app(tiny_models), raise_server_exceptions=False).post("/v1/analyze", content=astronaut_jpeg)
+    assert r.status_code == 500 and r.json()["error"] == "internal_error" and "RuntimeError" in r.json()["detail"]
+
+
 def test_too_many_pixels_is_413_like_too_many_bytes(client):
     r = client.post("/v1/analyze", content=png_claiming(12_000, 12_000))  # 144 megapixels in a 70-byte file
     assert r.status_code == 413

@@ -98,7 +98,7 @@ def test_bad_files_are_error_rows_and_the_job_finishes(ray_instance, photos, tin
     rows = table.to_pylist()
     errors = {Path(r["file"]).name: r["error"] for r in rows if r["status"] == "error"}
     assert set(errors) == {"corrupt.jpg", "empty.png", "notes.jpg"}
-    assert "empty (0 bytes)" in errors["empty.png"] and "not an image" in errors["notes.jpg"]
+    assert "empty (0 bytes)" in errors["empty.png"] and "is not a JPEG, PNG" in errors["notes.jpg"]
     assert "damaged or truncated" in errors["corrupt.jpg"]
     images = len({r["file"] for r in rows})
     summary = res.stderr.strip().splitlines()[-1]

@@ -1,4 +1,4 @@
-"""The inference export (OpenVINO IR next to each .h5) and the trunk the two models share (issue #14)."""
+"""The inference export (OpenVINO IR next to each .h5) and the trunk the two models share."""
 
 from __future__ import annotations
 

@@ -48,7 +48,7 @@ def test_exif_rotated_copy_gives_the_same_face(astronaut, models):
     """The stored pixels are rotated; the EXIF tag says how to turn them back. The same face comes out: the
     same box, and the same crop for each model (pixel correlation: the photo went through JPEG and the
     landmarks move by a pixel or two). The tiny models' ages are not compared: for two nearly equal crops
-    they are arbitrary (6 years apart here once, issue #16; see conftest)."""
+    they are arbitrary (6 years apart here once; see conftest)."""
     from core.crop import crop_face
     from core.detect import LANDMARK_NAMES
     from core.image import load_image

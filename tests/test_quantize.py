@@ -1,4 +1,4 @@
-"""Int8 heads of the inference export (train.quantize) and how core chooses them (issue #14)."""
+"""Int8 heads of the inference export (train.quantize) and how core chooses them."""
 
 from __future__ import annotations
 
