@@ -424,6 +424,8 @@ def test_dashboard_charts_the_backbone_campaign(monkeypatch, tmp_path, tiny_mode
     assert bar and bar[0].value == 25 and "400 of 1,600 images seen" in bar[0].text and "2 stretch" in bar[0].text
     stretches = at.dataframe[0].value
     assert list(stretches["CPU"]) == ["Xeon AMX", "EPYC Zen 4"] and list(stretches["images/s"]) == [60.1, 24.0]
+    assert list(stretches["UTKFace age error (years)"]) == [9.5, 8.1]
+    assert list(stretches["LFW gender accuracy"]) == [0.85, 0.9]
     spec = [s for s in chart_specs(at) if s["layout"]["title"]["text"].startswith("Backbone campaign")]
     assert spec and {t["name"] for t in spec[0]["data"]} == {"utkface", "aaf", "lfw"}
     assert len(spec[0]["data"]) == 4  # MAE of two datasets, LFW's gender accuracy, UTKFace's slope

@@ -18,6 +18,20 @@ from ui import charts
 LOG_COLUMNS = {"stretch": "stretch", "cpu": "CPU", "policy": "precision", "images_at_start": "from images",
                "images_at_end": "to images", "images_per_s": "images/s", "train_hours": "hours",
                "input_size": "px"}
+#: How the validation columns (``val_<metric>_<dataset>``) read on the page.
+METRIC_WORDS = {"age_mae": "age error (years)", "age_slope": "age slope", "gender_acc": "gender accuracy"}
+DATASET_NAMES = {"utkface": "UTKFace", "aaf": "AAF", "lfw": "LFW"}
+
+
+def plain_column(column: str) -> str:
+    """``val_age_mae_utkface`` -> ``UTKFace age error (years)``; other columns as :data:`LOG_COLUMNS` says."""
+    if column in LOG_COLUMNS:
+        return LOG_COLUMNS[column]
+    for metric, words in METRIC_WORDS.items():
+        if column.startswith(f"val_{metric}_"):
+            dataset = column[len(f"val_{metric}_"):]
+            return f"{DATASET_NAMES.get(dataset, dataset)} {words}"
+    return column
 
 
 def read_campaign(folder: Path) -> tuple[dict, dict, pd.DataFrame, pd.DataFrame] | None:
@@ -51,7 +65,7 @@ def show_campaign(folder: Path) -> None:
                      f"{state.get('stretches', 0)} stretch(es); `python -m train campaign` continues it")
     if not log.empty:
         shown = log[[c for c in LOG_COLUMNS if c in log.columns]
-                    + [c for c in log.columns if c.startswith("val_")]].rename(columns=LOG_COLUMNS)
+                    + [c for c in log.columns if c.startswith("val_")]].rename(columns=plain_column)
         st.dataframe(shown, hide_index=True)
     if not history.empty:
         st.plotly_chart(charts.campaign_figure(history, log), key="campaign")
