@@ -26,6 +26,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from core.boxes import Box, covered, iou
+
 HAND_COUNT = Path(__file__).resolve().parent / "photo_faces.json"
 #: The astronaut's face (x, y, w, h) in ``skimage.data.astronaut()``, as the tests know it.
 ASTRONAUT_FACE = (182.0, 64.0, 83.0, 107.0)
@@ -37,7 +39,6 @@ FRAME = (480, 360)  # width, height of each cut case
 #: A detection is the labelled face when its box overlaps the face's box clipped to the frame this much (IoU).
 MATCH_IOU = 0.4
 
-Box = tuple[float, float, float, float]
 
 
 @dataclass(frozen=True)
@@ -191,7 +192,7 @@ def composite(images: dict[str, np.ndarray], faces: list[SourceFace], seed: int,
         shift = (x0 - face.box[0] * k, y0 - face.box[1] * k)
         box = _map(face.box, k, shift)
         head = (box[0] - 0.3 * box[2], box[1] - 0.3 * box[3], 1.6 * box[2], 1.6 * box[3])
-        if any(_overlap(b, head) > 0 for b in boxes) or any(_overlap(box, h) > 0 for h in heads):
+        if any(covered(b, head) > 0 for b in boxes) or any(covered(box, h) > 0 for h in heads):
             continue
         region, _ = clip(head, frame)
         rx0, ry0 = int(region[0]), int(region[1])
@@ -205,21 +206,6 @@ def composite(images: dict[str, np.ndarray], faces: list[SourceFace], seed: int,
     return Case(f"composite {seed}", canvas, tuple(targets), ())
 
 
-def _overlap(a: Box, b: Box) -> float:
-    """The share of box ``a`` covered by box ``b``."""
-    ix = max(0.0, min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1]))
-    return ix * iy / max(1e-6, a[2] * a[3])
-
-
-def iou(a: Box, b: Box) -> float:
-    ix = max(0.0, min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = a[2] * a[3] + b[2] * b[3] - inter
-    return inter / union if union > 0 else 0.0
-
-
 def score(case: Case, boxes: list[Box]) -> tuple[list[bool], int, int]:
     """For each target whether a box found it; false positives (boxes matching no labelled face; on a crowd
     photo none, its unlabelled faces being real); boxes not inside the image."""
@@ -228,7 +214,7 @@ def score(case: Case, boxes: list[Box]) -> tuple[list[bool], int, int]:
     hits = [any(iou(b, t[0]) >= MATCH_IOU for b in boxes) for t in case.targets]
     labelled = [t[0] for t in case.targets] + list(case.known)
     false = 0 if case.crowd else sum(
-        all(iou(b, k) < MATCH_IOU and _overlap(b, k) < 0.5 for k in labelled) for b in boxes)
+        all(iou(b, k) < MATCH_IOU and covered(b, k) < 0.5 for k in labelled) for b in boxes)
     return hits, false, outside
 
 

@@ -23,6 +23,7 @@ import cv2
 import numpy as np
 
 from core import lite, mtcnn_lite  # NumPy and OpenCV only at import: nothing loads until get_detector()
+from core.boxes import cover, iou, reaches_edge
 
 #: Longest side of the image given to MTCNN; larger photos are downscaled for detection only.
 DETECT_MAX_SIDE = 1280
@@ -259,18 +260,11 @@ def detect_faces(rgb: np.ndarray, *, min_face_size: int = DEFAULT_MIN_FACE_SIZE,
     if BORDER_PASS_SIDE:
         faces += _border_faces(rgb, scale, faces, min_face_size=min_face_size, threshold=threshold,
                                shrunk=shrunk)
+    # within one pixel of the image MTCNN saw: boxes of the first pass end at its last pixel, not at the edge
     edge = max(1.0, 1.0 / scale)
     faces = [replace(f, cut_by_frame=reaches_edge(f.box, w, h, edge)) for f in faces]
     faces.sort(key=lambda d: d.area, reverse=True)
     return faces
-
-
-def reaches_edge(box: tuple[float, float, float, float], width: int, height: int, edge: float = 1.0) -> bool:
-    """Whether ``box`` (x, y, w, h) comes within ``edge`` px of the border of a ``width`` x ``height`` image:
-    the frame cuts the face, or touches it. ``detect_faces`` uses one pixel of the image MTCNN saw (boxes of
-    its first pass end at the last pixel of the image it saw, not at the edge)."""
-    x, y, w, h = box
-    return x <= edge or y <= edge or x + w >= width - edge or y + h >= height - edge
 
 
 def _border_faces(rgb: np.ndarray, scale: float, kept: list[Detection], *, min_face_size: float,
@@ -303,7 +297,7 @@ def _border_faces(rgb: np.ndarray, scale: float, kept: list[Detection], *, min_f
 
 def _apart(face: Detection, others: list[Detection]) -> bool:
     """Whether ``face`` is not one of ``others``: no IoU above 0.3, and neither box half inside the other."""
-    return all(_iou(face.box, o.box) <= 0.3 and _cover(face.box, o.box) <= 0.5 for o in others)
+    return all(iou(face.box, o.box) <= 0.3 and cover(face.box, o.box) <= 0.5 for o in others)
 
 
 def _look_again(rgb: np.ndarray, face: Detection) -> Detection | None:
@@ -333,9 +327,9 @@ def _look_again(rgb: np.ndarray, face: Detection) -> Detection | None:
         if cx1 - cx0 < 1 or cy1 - cy0 < 1:
             continue
         box = (cx0, cy0, cx1 - cx0, cy1 - cy0)
-        if _iou(box, face.box) > best_iou:
+        if iou(box, face.box) > best_iou:
             marks = {n: (x0 + r["keypoints"][n][0] * k, y0 + r["keypoints"][n][1] * k) for n in LANDMARK_NAMES}
-            best, best_iou = Detection(box=box, confidence=float(r["confidence"]), landmarks=marks), _iou(box, face.box)
+            best, best_iou = Detection(box=box, confidence=float(r["confidence"]), landmarks=marks), iou(box, face.box)
     return best
 
 
@@ -406,21 +400,6 @@ def _merge(candidates: list[tuple[Detection, float]], iou_limit: float = 0.4) ->
     most confident one stays."""
     kept: list[tuple[Detection, float]] = []
     for cand in sorted(candidates, key=lambda c: c[0].confidence, reverse=True):
-        if all(_iou(cand[0].box, k[0].box) <= iou_limit for k in kept):
+        if all(iou(cand[0].box, k[0].box) <= iou_limit for k in kept):
             kept.append(cand)
     return kept
-
-
-def _cover(a: tuple[float, float, float, float], b: tuple[float, float, float, float]) -> float:
-    """The share of the smaller of two boxes that the other covers."""
-    ix = max(0.0, min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1]))
-    return ix * iy / max(1e-6, min(a[2] * a[3], b[2] * b[3]))
-
-
-def _iou(a: tuple[float, float, float, float], b: tuple[float, float, float, float]) -> float:
-    ix = max(0.0, min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = a[2] * a[3] + b[2] * b[3] - inter
-    return inter / union if union > 0 else 0.0

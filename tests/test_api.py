@@ -10,7 +10,7 @@ from fastapi.testclient import TestClient
 
 from conftest import ASTRONAUT_FACE
 from core.api import MAX_BYTES, create_app
-from test_detect import iou
+from core.boxes import iou
 
 
 @pytest.fixture(scope="module")

@@ -9,16 +9,8 @@ import numpy as np
 import pytest
 
 from conftest import ASTRONAUT_FACE, three_faces
+from core.boxes import iou, reaches_edge
 from core.detect import detect_faces, get_detector
-
-
-def iou(a, b) -> float:
-    ax, ay, aw, ah = a
-    bx, by, bw, bh = b
-    ix = max(0.0, min(ax + aw, bx + bw) - max(ax, bx))
-    iy = max(0.0, min(ay + ah, by + bh) - max(ay, by))
-    inter = ix * iy
-    return inter / (aw * ah + bw * bh - inter)
 
 
 def test_astronaut_has_one_face_on_the_face(astronaut):
@@ -278,7 +270,6 @@ def test_the_selfie_takers_large_face_cut_by_the_frame_is_found(astronaut, where
 
 
 def test_cut_by_frame_is_true_exactly_for_boxes_that_reach_the_border(astronaut):
-    from core.detect import reaches_edge
 
     cut, _ = _cut(astronaut, ASTRONAUT_FACE, "left", 0.75)
     inside = three_faces(astronaut)

@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parent.parent
 #: Bottom to top: a module may import modules of its own layer and of the layers before it, never after.
 #: Keep in step with ARCHITECTURE.md (a test checks that it names every module listed here).
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("core 1 facts", ("core.errors", "core.results", "core.hardware", "core.image", "core.modelfiles",
+    ("core 1 facts", ("core.errors", "core.results", "core.boxes", "core.hardware", "core.image", "core.modelfiles",
                       "core.reliability", "core.memory")),
     ("core 2 networks", ("core.vggface",)),
     ("core 3 runtimes", ("core.lite", "core.runtime", "core.pnet_canvas", "core.mtcnn_lite")),

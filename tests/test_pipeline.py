@@ -12,8 +12,8 @@ from PIL import Image
 import core
 from conftest import ASTRONAUT_FACE
 from core import FaceNotDetected, FaceResult, InvalidImage, ModelNotFound
+from core.boxes import iou
 from core.models import AgeGenderModels, load_models
-from test_detect import iou
 
 
 @pytest.fixture(scope="module")

@@ -22,8 +22,8 @@ from PIL import Image
 
 import core
 from conftest import ASTRONAUT_FACE, encode, png_claiming
+from core.boxes import iou
 from core.models import load_models
-from test_detect import iou
 
 ROOT = Path(__file__).resolve().parent.parent
 
