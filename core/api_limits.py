@@ -36,6 +36,7 @@ WORKERS_ENV = "AGEGENDER_API_WORKERS"
 #: Seconds a client told "busy" should wait before it retries (the ``Retry-After`` header).
 RETRY_AFTER_S = 1
 
+
 class Admission:
     """A bound on the requests in flight or waiting and on the bytes of their bodies: :meth:`try_enter` admits
     one if fewer than ``limit`` are inside and its declared bytes fit ``max_bytes``, else refuses at once
