@@ -116,7 +116,7 @@ def test_lite_rnet_and_onet_match_keras_for_any_number_of_patches():
 
     from core.mtcnn_lite import OUTPUT_WIDTHS, LiteNet, convert
 
-    assert [LiteNet.bucket(n) for n in (1, 8, 9, 33, 256, 257, 600)] == [8, 8, 16, 64, 256, 512, 768]
+    assert [LiteNet.bucket(n) for n in (1, 2, 3, 8, 9, 33, 256, 257, 600)] == [1, 2, 4, 8, 16, 64, 256, 512, 768]
     stages = MTCNN(device="CPU:0").stages
     rng = np.random.default_rng(1)
     for stage, net, patch in ((stages[1], "rnet", 24), (stages[2], "onet", 48)):
@@ -127,7 +127,7 @@ def test_lite_rnet_and_onet_match_keras_for_any_number_of_patches():
             assert [o.shape for o in ours] == [tuple(t.shape) for t in theirs]
             for o, t in zip(ours, theirs):
                 np.testing.assert_allclose(o, np.asarray(t), atol=1e-4)
-        assert sorted(s[0] for s in lite._interpreters) == [8, 64, 512]
+        assert sorted(s[0] for s in lite._interpreters) == [1, 8, 64, 512]
 
 
 def test_lite_nets_are_converted_once_and_cached(tmp_path, monkeypatch):
