@@ -6,8 +6,9 @@ Single runs on a shared machine vary by tens of percent from minute to minute, s
 needs both sides measured close together. This checks out ``--base`` into a temporary git worktree (with
 this tree's ``models/``, so only code differs), then runs ``bench/probe.py`` against the base tree and
 this tree in turn, ``--rounds`` times each, in fresh processes. Each probe times ``core.analyze`` and the
-detector alone on the benchmark photos (warm medians) and batch throughput on chips. Printed: the median over rounds per side
-and the ratio this/base (< 1 latency: faster now; > 1 chips/s: faster now); the last line is one JSON object.
+detector alone on the benchmark photos (warm medians) and batch throughput on chips. Printed: the median over
+rounds per side and the ratio this/base (< 1 latency: faster now; > 1 chips/s: faster now); the last line is
+one JSON object.
 
 ``--base-env KEY=VALUE`` (repeatable) sets a variable for the base side only: e.g. the old code's choice of
 precision where this machine differs from the one compared for (``AGEGENDER_PRECISION=float32`` for code that
