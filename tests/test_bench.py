@@ -28,8 +28,8 @@ def test_probe_times_photos_and_chips_with_the_core_on_its_path(tmp_path, astron
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     result = json.loads(r.stdout.strip().splitlines()[-1])
-    assert set(result) == {"astronaut_ms", "astronaut_new_size_ms", "chips_per_s", "chips_per_s_no_flip",
-                           "cold_start_s"}
+    assert set(result) == {"astronaut_ms", "astronaut_detect_ms", "astronaut_new_size_ms", "chips_per_s",
+                           "chips_per_s_no_flip", "cold_start_s"}
     assert all(value > 0 for value in result.values())
 
 

@@ -183,6 +183,31 @@ def test_landmarks_file_round_trips_and_replaces_detection(tmp_path, monkeypatch
     np.testing.assert_array_equal(data.chip_landmarks(folder, samples[:2], cache=False), marks[::-1][:2])
 
 
+def test_cached_chips_are_read_again_when_a_file_changes_under_its_name(tmp_path, monkeypatch):
+    """The chip cache is keyed by each file's size and time too: a folder at the same path whose images were
+    replaced (a dataset exported again; a test folder of an earlier run) gives the new pixels."""
+    import os
+
+    from core.crop import crop_face
+    from core.image import load_image
+
+    folder = tmp_path / "aaf"
+    make_aaf_folder(folder, n=3)
+    samples, _ = scan(folder)
+    monkeypatch.setattr(data, "CACHE_DIR", tmp_path / "cache")
+    first = data.load_chips(folder, samples, 32)
+    np.testing.assert_array_equal(data.load_chips(folder, samples, 32), first)  # from the cache
+    assert len(list((tmp_path / "cache").glob("chips_*.npy"))) == 1
+    changed = folder / samples[1].name
+    stat = changed.stat()
+    Image.fromarray(np.full((64, 64, 3), 200, np.uint8)).save(changed, "JPEG")
+    os.utime(changed, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+    again = data.load_chips(folder, samples, 32)
+    np.testing.assert_array_equal(again[[0, 2]], first[[0, 2]])
+    np.testing.assert_array_equal(again[1], crop_face(load_image(changed), None, 32))
+    assert not np.array_equal(again[1], first[1])
+
+
 def test_only_missing_stale_or_changed_landmarks_are_computed(tmp_path, monkeypatch):
     folder = tmp_path / "aaf"
     make_aaf_folder(folder, n=4)

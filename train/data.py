@@ -402,11 +402,15 @@ def load_chips(data_dir: Path, samples: list[Sample], size: int, *, cache: bool 
     ``detect=False`` (a non-square image is stretched to the square). ``align=True`` is the app's path:
     MTCNN landmarks of the image's face (:func:`chip_landmarks`, ``store`` is its landmarks file) onto the
     chip template, the whole image where no face is found. Results are cached in ``.cache/`` keyed by the
-    dataset, the file list, the folder, the size and, when aligned, the landmarks themselves.
+    dataset, the folder, the size, every file's name, size and modification time (a file replaced under the
+    same name is read again) and, when aligned, the landmarks themselves.
     """
     data_dir = Path(data_dir)
     marks = chip_landmarks(data_dir, samples, cache=cache, progress=True, store=store) if align else None
-    key = hashlib.sha1(("\n".join(s.name for s in samples) + f"|{size}|{data_dir.resolve()}").encode())
+    key = hashlib.sha1(f"{size}|{data_dir.resolve()}".encode())
+    for s in samples:
+        stat = (data_dir / s.name).stat()
+        key.update(f"\n{s.name}|{stat.st_size}|{stat.st_mtime_ns}".encode())
     if marks is not None:
         key.update(marks.tobytes())
     path = CACHE_DIR / f"{'aligned' if align else 'chips'}_{dataset_name(data_dir)}_{size}_{key.hexdigest()[:16]}.npy"
