@@ -15,21 +15,30 @@ import json
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 
-def photo_latency(data: bytes, models, repeats: int, *, warmup: int = 1) -> tuple[float, int]:
-    """Warm median milliseconds of ``core.analyze`` on one photo, and the number of faces it found."""
-    import core
-
-    for _ in range(warmup):  # includes tracing the tf.function for this batch size
-        core.analyze(data, models=models)
+def warm_median_ms(call: Callable[[], Any], repeats: int, warmup: int) -> tuple[float, Any]:
+    """Median milliseconds of ``repeats`` calls after ``warmup`` untimed ones, and the last call's result."""
+    for _ in range(warmup):
+        call()
     times = []
     for _ in range(repeats):
         t = time.perf_counter()
-        faces = core.analyze(data, models=models)
+        result = call()
         times.append(time.perf_counter() - t)
-    return round(statistics.median(times) * 1000, 2), len(faces)
+    return round(statistics.median(times) * 1000, 2), result
+
+
+def photo_latency(data: bytes, models, repeats: int, *, warmup: int = 1) -> tuple[float, int]:
+    """Warm median milliseconds of ``core.analyze`` on one photo, and the number of faces it found. The warm-up
+    includes tracing the tf.function for this batch size."""
+    import core
+
+    ms, faces = warm_median_ms(lambda: core.analyze(data, models=models), repeats, warmup)
+    return ms, len(faces)
 
 
 def detect_latency(data: bytes, repeats: int, *, warmup: int = 3) -> float:
@@ -42,14 +51,7 @@ def detect_latency(data: bytes, repeats: int, *, warmup: int = 3) -> float:
     from core.detect import detect_faces
 
     rgb = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
-    for _ in range(warmup):
-        detect_faces(rgb)
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        detect_faces(rgb)
-        times.append(time.perf_counter() - t)
-    return round(statistics.median(times) * 1000, 2)
+    return warm_median_ms(lambda: detect_faces(rgb), repeats, warmup)[0]
 
 
 def new_size_latency(data: bytes, models, n: int) -> float:

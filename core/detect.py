@@ -327,9 +327,10 @@ def _look_again(rgb: np.ndarray, face: Detection) -> Detection | None:
         if cx1 - cx0 < 1 or cy1 - cy0 < 1:
             continue
         box = (cx0, cy0, cx1 - cx0, cy1 - cy0)
-        if iou(box, face.box) > best_iou:
+        overlap = iou(box, face.box)
+        if overlap > best_iou:
             marks = {n: (x0 + r["keypoints"][n][0] * k, y0 + r["keypoints"][n][1] * k) for n in LANDMARK_NAMES}
-            best, best_iou = Detection(box=box, confidence=float(r["confidence"]), landmarks=marks), iou(box, face.box)
+            best, best_iou = Detection(box=box, confidence=float(r["confidence"]), landmarks=marks), overlap
     return best
 
 
